@@ -1,0 +1,102 @@
+"""Fields every experiment has, with their meaning. Experiment files import this and change a few."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                       # model init, dropout, sampled-softmax negatives, data order
+
+  config.data = ml_collections.ConfigDict()
+  config.data.corpus = "ptb"            # ptb (bundled) | lm1b (directory) | text (files)
+  config.data.dir = ""                  # lm1b: the benchmark's directory, as distributed
+  config.data.vocab_file = ""           # lm1b: `word count` file (default: found in data.dir)
+  config.data.train_path = ""           # text: file or directory, one sentence per line
+  config.data.valid_path = ""           # text
+  config.data.test_path = ""            # text
+  config.data.vocab_size = 0            # keep the most frequent words (0 = all)
+  config.data.min_count = 1             # drop words seen fewer times in train (built vocabularies)
+  config.data.shuffle = False           # permute sentences every epoch (from seed, epoch)
+  config.data.utf8_errors = "strict"    # strict: a non-UTF-8 line is an error naming file:line;
+                                        # replace: bad bytes become U+FFFD
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "lstm_lm"         # models.build() picks the model by this name
+  config.model.input = "char_cnn"       # char_cnn | word
+  config.model.word_dim = 0             # word input: embedding size
+  config.model.char_dim = 15            # char_cnn: char embedding size
+  config.model.max_word_length = 50     # bytes incl. begin/end marks (Jozefowicz §3.3: 32 too short)
+  config.model.cnn_widths = (1, 2, 3, 4, 5, 6)
+  config.model.cnn_filters = (25, 50, 75, 100, 125, 150)
+  config.model.cnn_activation = "tanh"
+  config.model.num_highway = 1
+  config.model.highway_activation = "relu"
+  config.model.input_projection = 0     # project the CNN output to this size (0 = none)
+  config.model.num_layers = 2
+  config.model.lstm_units = 300
+  config.model.projection = 0           # LSTMP projection size (0 = plain LSTM)
+  config.model.cell_clip = 0.0          # clip the LSTM cell to ±cell_clip (0 = off)
+  config.model.dropout = 0.5            # on non-recurrent connections (Zaremba et al. 2014)
+  config.model.embedding_dropout = 0.5  # on the inputs of the first LSTM layer
+  config.model.num_samples = 0          # sampled-softmax negatives in training (0 = full softmax)
+  config.model.init_scale = 0.05        # weights ~ U(-init_scale, init_scale)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 20          # global batch (rows of the token stream)
+  config.train.unroll = 35              # truncated-BPTT length; state carries across batches
+  config.train.num_epochs = 25          # used when num_steps is 0
+  config.train.num_steps = 0            # stop after this many steps (0 = num_epochs)
+  config.train.log_every = 100          # console progress line and train scalars
+  config.train.checkpoint_every = 1000  # steps; also at the end and on Ctrl-C
+  config.train.keep_checkpoints = 3
+  config.train.histogram_every = 1000   # weight histograms in TensorBoard
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "sgd"             # sgd | adagrad | adam
+  config.optim.learning_rate = 1.0
+  config.optim.momentum = 0.0           # sgd
+  config.optim.initial_accumulator = 0.1  # adagrad
+  config.optim.clip_norm = 5.0          # global gradient-norm clipping (0 = off)
+  config.optim.schedule = "constant"    # constant | plateau (halve when eval stalls, Kim et al.)
+  config.optim.plateau_factor = 0.5     # plateau: lr *= factor when ...
+  config.optim.plateau_threshold = 1.0  # ... eval perplexity improved by less than this
+  config.optim.scale_lr_with_batch = False  # Goyal et al.: lr = base_lr * batch / base_batch
+  config.optim.base_batch = 20          # the batch the learning rate was tuned for
+  config.optim.warmup_steps = 0         # linear warmup from ~0 to the lr (Goyal et al. §2.2)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_steps = 0           # validation perplexity every N steps (0 = every epoch)
+  config.eval.batch_size = 10           # rows; each starts from a zero state
+  config.eval.max_tokens = 0            # evaluate only the first N tokens (0 = all)
+  config.eval.sample_words = 30         # words per sample sentence in TensorBoard and the log
+  config.eval.num_samples = 3
+  config.eval.temperature = 1.0
+
+  config.distribute = ml_collections.ConfigDict()
+  config.distribute.backend = "single"  # single (multi-device backends come with issue #3)
+  return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any experiment to a CPU run of seconds: same code paths, tiny sizes."""
+  config.data.vocab_size = min(config.data.vocab_size or 2000, 2000)
+  config.model.lstm_units = 32
+  config.model.projection = 16 if config.model.projection else 0
+  config.model.word_dim = 16 if config.model.word_dim else 0
+  config.model.char_dim = 8
+  config.model.max_word_length = 20
+  config.model.cnn_widths = (1, 2, 3)
+  config.model.cnn_filters = (8, 8, 16)
+  config.model.num_highway = min(config.model.num_highway, 1)
+  config.model.input_projection = 16 if config.model.input_projection else 0
+  config.model.num_samples = min(config.model.num_samples, 64)
+  config.train.batch_size = 4
+  config.train.unroll = 10
+  config.train.num_steps = 30
+  config.train.log_every = 10
+  config.train.checkpoint_every = 20
+  config.train.histogram_every = 20
+  config.eval.every_steps = 20
+  config.eval.max_tokens = 2000
+  config.eval.sample_words = 10
+  config.eval.num_samples = 1
+  return config

@@ -1,0 +1,55 @@
+"""Char-CNN-input LSTM LM on Penn Treebank at the size of Kim et al. 2016's LSTM-Char-Small.
+
+Kim et al. (AAAI 2016, Table 3) report 92.3 test perplexity for this size (5M parameters with
+their full softmax: char embeddings 15, filters of widths 1-6 with 25·w maps, tanh, one ReLU
+highway layer, two LSTM layers of 300, dropout 0.5, SGD at 1.0 halved when validation
+perplexity improves by less than 1, gradient norm clipped to 5, 25 epochs, batch 20 x 35).
+
+  python scripts/train.py --config=configs/ptb_char_cnn_lstm.py --workdir=runs/ptb_char_cnn_lstm
+
+Expected: test perplexity at or below 92.3 after 25 epochs (measured result in README.md).
+A run of a few minutes (the README's first command): `--config=configs/ptb_char_cnn_lstm.py:quick`.
+Seconds, for tests: `--config=configs/ptb_char_cnn_lstm.py:smoke`.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.model.input = "char_cnn"
+  config.model.char_dim = 15
+  # PTB's longest word has 19 bytes: 21 slots hold it and both marks, so nothing is truncated,
+  # and the CNN does 2.4x less work than at the 50 that LM1B needs (Kim et al. likewise pad to
+  # the longest word of the corpus).
+  config.model.max_word_length = 21
+  config.model.cnn_widths = (1, 2, 3, 4, 5, 6)
+  config.model.cnn_filters = (25, 50, 75, 100, 125, 150)   # 25·w (Kim et al. Table 2)
+  config.model.num_highway = 1
+  config.model.num_layers = 2
+  config.model.lstm_units = 300
+  config.model.dropout = 0.5
+  config.model.embedding_dropout = 0.0   # Kim et al. §4: not on the highway-to-LSTM connection
+  config.optim.name = "sgd"
+  config.optim.learning_rate = 1.0
+  config.optim.clip_norm = 5.0
+  config.optim.schedule = "plateau"
+  config.train.batch_size = 20
+  config.train.unroll = 35
+  config.train.num_epochs = 25
+  return variant(config, arg)
+
+
+def variant(config, arg):
+  if arg == "smoke":
+    return common.smoke(config)
+  if arg == "quick":
+    # The README's first command: a few minutes on 2 CPU cores, enough to see it learn.
+    config.train.num_steps = 600
+    config.train.log_every = 50
+    config.train.checkpoint_every = 200
+    config.train.histogram_every = 200
+    config.eval.every_steps = 300
+    return config
+  if arg:
+    raise ValueError(f"unknown config variant {arg!r}: use smoke or quick")
+  return config

@@ -1,0 +1,148 @@
+"""LSTM language models of Jozefowicz et al. 2016 ("Exploring the Limits of Language Modeling").
+
+Inputs are either a character CNN over each word's bytes (§3.3, "CNN inputs") or a word
+embedding table (the LSTM-N-M baselines of Table 1). Then a stack of LSTMs with projection and
+dropout on the non-recurrent connections (Zaremba et al. 2014), and a softmax over the
+vocabulary: sampled (§3.1, `num_samples` negatives from the log-uniform Zipfian sampler, which
+assumes ids sorted by frequency as `tfsys.data.Vocabulary` makes them) for training, full for
+evaluation and generation.
+
+The interface the training loop calls (DESIGN.md §2):
+  initial_state(batch_size)                   -> state (a tuple of (c, h) per layer)
+  loss(batch, state, training)                -> (mean loss, metrics, new state)
+  logits(inputs, state)                       -> (logits [B, T, V], new state), full softmax
+  variable_shapes(config, vocab_size)         -> {name: shape}, without allocating anything
+"""
+import numpy as np
+import tensorflow as tf
+
+from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
+from models.layers.lstm import lstmp_layer, lstmp_shapes
+from tfsys.data import chars
+
+
+def input_dim(config) -> int:
+  if config.input == "word":
+    return config.word_dim
+  return config.input_projection or sum(config.cnn_filters)
+
+
+def variable_shapes(config, vocab_size: int) -> dict:
+  """Every trainable variable's shape, from the config alone (parameter counts, tests)."""
+  if config.input == "char_cnn":
+    shapes = char_cnn_shapes(config.char_dim, config.cnn_widths, config.cnn_filters,
+                             config.num_highway, config.input_projection)
+  elif config.input == "word":
+    shapes = {"word_embedding": [vocab_size, config.word_dim]}
+  else:
+    raise ValueError(f"model.input must be 'char_cnn' or 'word', not {config.input!r}")
+  dim = input_dim(config)
+  for layer in range(config.num_layers):
+    for name, shape in lstmp_shapes(dim, config.lstm_units, config.projection).items():
+      shapes[f"lstm{layer}_{name}"] = shape
+    dim = config.projection or config.lstm_units
+  shapes["softmax_w"] = [vocab_size, dim]   # [V, P]: the layout sampled_softmax_loss takes
+  shapes["softmax_b"] = [vocab_size]
+  return shapes
+
+
+def num_parameters(config, vocab_size: int) -> int:
+  return sum(int(np.prod(s)) for s in variable_shapes(config, vocab_size).values())
+
+
+class LanguageModel(tf.Module):
+  """A stateful LSTM LM over word ids; char-CNN models also embed any word from its bytes."""
+
+  def __init__(self, config, vocab_words, seed: int = 0, name: str = "lstm_lm"):
+    super().__init__(name=name)
+    self.config = config
+    self.vocab_size = len(vocab_words)
+    self.state_dim = config.projection or config.lstm_units
+    self.params = {}
+    for k, (pname, shape) in enumerate(sorted(variable_shapes(config, self.vocab_size).items())):
+      if pname.endswith("_b_t"):
+        value = tf.fill(shape, HIGHWAY_GATE_BIAS)
+      elif len(shape) == 1 or pname.endswith(("_b", "_b_h")):
+        value = tf.zeros(shape)
+      else:
+        value = tf.random_uniform_initializer(-config.init_scale, config.init_scale,
+                                              seed=seed * 1000 + k)(shape)
+      self.params[pname] = tf.Variable(value, name=pname)
+    if config.input == "char_cnn":
+      # The vocabulary's words as bytes: a constant table, not a trainable parameter; kept as a
+      # variable so the checkpoint and SavedModel carry it with the weights.
+      self.word_chars = tf.Variable(chars.encode_words(vocab_words, config.max_word_length),
+                                    trainable=False, name="word_chars")
+
+  # ---- inputs ------------------------------------------------------------------------------
+  def embed_chars(self, char_ids):
+    """Char ids [N, L] -> word vectors [N, D]: works for words outside the vocabulary."""
+    c = self.config
+    return char_cnn(char_ids, self.params, c.cnn_widths, c.num_highway, c.cnn_activation,
+                    c.highway_activation)
+
+  def embed_ids(self, ids):
+    """Word ids [B, T] -> [B, T, D]. The char CNN runs once per distinct word of the batch."""
+    if self.config.input == "word":
+      return tf.nn.embedding_lookup(self.params["word_embedding"], ids)
+    unique, index = tf.unique(tf.reshape(ids, [-1]))
+    vectors = self.embed_chars(tf.gather(self.word_chars, unique))
+    flat = tf.gather(vectors, index)
+    return tf.reshape(flat, tf.concat([tf.shape(ids), [tf.shape(vectors)[-1]]], 0))
+
+  # ---- recurrence --------------------------------------------------------------------------
+  def initial_state(self, batch_size):
+    zeros_c = tf.zeros([batch_size, self.config.lstm_units])
+    zeros_h = tf.zeros([batch_size, self.state_dim])
+    return tuple((zeros_c, zeros_h) for _ in range(self.config.num_layers))
+
+  def hidden(self, x, state, training: bool):
+    """Embedded inputs [B, T, D] -> top LSTM outputs [B, T, P] and the new state."""
+    c = self.config
+    rate = c.dropout if training else 0.0
+    new_state = []
+    for layer in range(c.num_layers):
+      # Kim et al. §4: no dropout on the highway-to-LSTM connection; Zaremba et al. drop the
+      # word embeddings too. `embedding_dropout` chooses.
+      layer_rate = (c.embedding_dropout if training else 0.0) if layer == 0 else rate
+      if layer_rate:
+        x = tf.nn.dropout(x, layer_rate)
+      params = {k: self.params[f"lstm{layer}_{k}"] for k in ("w_x", "w_h", "b", "w_p")
+                if f"lstm{layer}_{k}" in self.params}
+      x, s = lstmp_layer(x, state[layer], params, c.cell_clip)
+      new_state.append(s)
+    if rate:
+      x = tf.nn.dropout(x, rate)
+    return x, tuple(new_state)
+
+  # ---- outputs -----------------------------------------------------------------------------
+  def logits(self, inputs, state):
+    """Full-softmax logits [B, T, V] for word ids [B, T] (evaluation, sampling)."""
+    h, state = self.hidden(self.embed_ids(inputs), state, training=False)
+    return tf.einsum("btp,vp->btv", h, self.params["softmax_w"]) + self.params["softmax_b"], state
+
+  def loss(self, batch, state, training: bool):
+    """Mean per-token loss over the batch's weighted tokens.
+
+    Training with num_samples > 0 uses the sampled softmax (its loss is then an estimate, not
+    the NLL); evaluation always uses the full softmax. metrics['nll_sum'] and
+    metrics['num_tokens'] let callers aggregate exact perplexities across batches and replicas.
+    """
+    h, state = self.hidden(self.embed_ids(batch["inputs"]), state, training)
+    p = tf.shape(h)[-1]
+    flat_h = tf.reshape(h, [-1, p])
+    targets = tf.reshape(batch["targets"], [-1])
+    weights = tf.reshape(batch["weights"], [-1])
+    n = self.config.num_samples
+    if training and 0 < n < self.vocab_size:
+      token_loss = tf.nn.sampled_softmax_loss(
+          weights=self.params["softmax_w"], biases=self.params["softmax_b"],
+          labels=tf.cast(targets[:, None], tf.int64), inputs=flat_h, num_sampled=n,
+          num_classes=self.vocab_size, remove_accidental_hits=True)
+    else:
+      logits = tf.matmul(flat_h, self.params["softmax_w"], transpose_b=True) + self.params["softmax_b"]
+      token_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+    nll_sum = tf.reduce_sum(token_loss * weights)
+    num_tokens = tf.reduce_sum(weights)
+    mean = nll_sum / tf.maximum(num_tokens, 1.0)
+    return mean, {"nll_sum": nll_sum, "num_tokens": num_tokens}, state

@@ -1,0 +1,28 @@
+"""Trains a model: python scripts/train.py --config=configs/X.py[:variant] --workdir=W [--config.a.b=v].
+
+Running the same command again resumes from the newest checkpoint in W.
+"""
+from tfsys import cli  # first: sets TensorFlow's log level
+
+from absl import flags
+from ml_collections import config_flags
+
+from tfsys.train import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  print(f"\nvalidation perplexity {results['valid_perplexity']:.2f}, "
+        f"test perplexity {results['test_perplexity']:.2f} after {results['step']} steps")
+  for k, s in enumerate(results["samples"]):
+    print(f"sample {k + 1}: {s.replace(chr(10), ' / ')}")
+  print(f"\nTensorBoard: tensorboard --logdir {_WORKDIR.value} --host 127.0.0.1 --port 6006")
+
+
+if __name__ == "__main__":
+  cli.run(main)

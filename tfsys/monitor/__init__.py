@@ -1,0 +1,4 @@
+"""Monitoring: TensorBoard writers and throughput."""
+from tfsys.monitor.summaries import Throughput, Writers, format_duration
+
+__all__ = ["Throughput", "Writers", "format_duration"]

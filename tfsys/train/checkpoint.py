@@ -1,0 +1,58 @@
+"""Checkpoints in WORKDIR/checkpoints that survive a crash at any moment.
+
+TensorFlow writes a checkpoint's files under a temporary name, renames them when complete, and
+only then rewrites the `checkpoint` index file (itself written to a temporary file and renamed).
+A crash mid-write therefore leaves the index pointing at the previous, complete checkpoint.
+If a listed checkpoint still cannot be read (a truncated file, a disk fault), `restore_latest`
+says so and falls back to the next older one instead of failing the run.
+"""
+import os
+
+import tensorflow as tf
+from absl import logging
+
+from tfsys.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int, **objects):
+    self.directory = os.path.join(workdir, CHECKPOINT_DIR)
+    self.checkpoint = tf.train.Checkpoint(**objects)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
+
+  def save(self, step: int) -> str:
+    return self.manager.save(checkpoint_number=step)
+
+  def restore_latest(self, expect_partial: bool = False) -> str | None:
+    """Restores the newest readable checkpoint; returns its path, or None if there is none."""
+    candidates = list(reversed(self.manager.checkpoints))
+    for path in candidates:
+      try:
+        status = self.checkpoint.restore(path)
+        if expect_partial:
+          status.expect_partial()
+        else:
+          status.assert_existing_objects_matched()
+        return path
+      except (tf.errors.OpError, ValueError, AssertionError) as e:
+        logging.warning("checkpoint %s cannot be restored (%s); trying an older one",
+                        path, str(e).splitlines()[0][:200])
+    if candidates:
+      raise UserError(f"no checkpoint in {self.directory} can be restored "
+                      f"(tried {len(candidates)}); see the warnings above")
+    return None
+
+
+def restore_for_inference(workdir: str, **objects) -> str:
+  """Restores the newest checkpoint of a workdir into `objects` (e.g. model=...) or fails clearly."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    raise UserError(f"no checkpoints in {workdir}: train first with scripts/train.py "
+                    f"--workdir={workdir}")
+  ckpt = Checkpointer(workdir, keep=1000, **objects)
+  path = ckpt.restore_latest(expect_partial=True)
+  if path is None:
+    raise UserError(f"no checkpoints in {os.path.join(workdir, CHECKPOINT_DIR)}")
+  return path

@@ -1,0 +1,88 @@
+"""Perplexity of a token stream under a model's full softmax, and text generation.
+
+Perplexity = exp(Σ NLL / N) over every token of the text after the first, sentence ends
+included (the standard PTB convention); the text is laid out in `batch_size` rows that each
+start from a zero state (tfsys.data.eval_windows).
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tfsys.data import Vocabulary, eval_windows
+from tfsys.errors import UserError
+
+
+def _reset(state, reset):
+  return tf.nest.map_structure(lambda s: tf.where(reset, tf.zeros_like(s), s), state)
+
+
+class Evaluator:
+  """Compiles one eval step for a model and runs it over whole texts."""
+
+  def __init__(self, model, batch_size: int, unroll: int):
+    self.model, self.batch_size, self.unroll = model, batch_size, unroll
+    self._step = tf.function(self._step_fn)
+
+  def _step_fn(self, batch, state):
+    state = _reset(state, batch["reset"])
+    _, metrics, state = self.model.loss(batch, state, training=False)
+    return metrics["nll_sum"], metrics["num_tokens"], state
+
+  def perplexity(self, ids: np.ndarray, max_tokens: int = 0) -> dict:
+    if max_tokens:
+      ids = ids[:max_tokens + 1]
+    nll, count, state = 0.0, 0.0, None
+    for window in eval_windows(ids, self.batch_size, self.unroll):
+      if state is None:
+        state = self.model.initial_state(window["inputs"].shape[0])
+      batch = {k: tf.constant(v) for k, v in window.items()}
+      n, c, state = self._step(batch, state)
+      nll += float(n)
+      count += float(c)
+    mean = nll / max(count, 1.0)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 700.0)), "num_tokens": int(count)}
+
+
+class Sampler:
+  """Generates words after a prompt, one full-softmax step at a time, state carried."""
+
+  def __init__(self, model, vocab: Vocabulary):
+    self.model, self.vocab = model, vocab
+    spec_state = tf.nest.map_structure(lambda s: tf.TensorSpec(s.shape, s.dtype),
+                                       model.initial_state(1))
+    self._step = tf.function(self._step_fn, input_signature=[
+        tf.TensorSpec([1, None], tf.int32), spec_state, tf.TensorSpec([], tf.float32),
+        tf.TensorSpec([2], tf.int32)])
+
+  def _step_fn(self, ids, state, temperature, seed):
+    logits, state = self.model.logits(ids, state)
+    last = logits[:, -1, :]
+    sampled = tf.random.stateless_categorical(last / tf.maximum(temperature, 1e-6), 1, seed)[:, 0]
+    greedy = tf.argmax(last, axis=-1)
+    return tf.cast(tf.where(temperature > 0, sampled, greedy), tf.int32), state
+
+  def generate(self, prompt: str, num_words: int, temperature: float = 1.0, seed: int = 0
+               ) -> list[str]:
+    """The generated words (not the prompt). temperature 0 = greedy; the same seed, the same text."""
+    if temperature < 0:
+      raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if num_words < 0:
+      raise UserError(f"number of words must be >= 0, got {num_words}")
+    words = prompt.split()
+    # An empty prompt starts a sentence: the model has seen a sentence end before every sentence.
+    ids = self.vocab.encode(words) if words else np.array([self.vocab.eos_id], np.int32)
+    state = self.model.initial_state(1)
+    current = tf.constant(ids[None, :])
+    out = []
+    for i in range(num_words):
+      nxt, state = self._step(current, state, tf.constant(float(temperature)),
+                              tf.constant([seed, i], tf.int32))
+      out.append(self.vocab.words[int(nxt[0])])
+      current = tf.reshape(nxt, [1, 1])
+    return out
+
+
+def render(words: list[str], eos: str) -> str:
+  """Words as text, a line break at each sentence end."""
+  return " ".join(words).replace(f" {eos} ", "\n").replace(f" {eos}", "\n").replace(eos, "\n").strip()

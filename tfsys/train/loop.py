@@ -1,0 +1,209 @@
+"""The one training loop: `train_and_evaluate(config, workdir)` for every model and backend.
+
+Resumes by itself: if WORKDIR holds checkpoints it continues from the newest with the step, the
+optimizer, the learning-rate decay, the carried LSTM state and the data position (the stream is
+a pure function of the step) restored.
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import models
+from tfsys import data, distribute
+from tfsys.errors import UserError
+from tfsys.monitor import Throughput, Writers, format_duration
+from tfsys.train import workdir as workdir_lib
+from tfsys.train.checkpoint import Checkpointer
+from tfsys.train.evaluate import Evaluator, Sampler, _reset, render
+from tfsys.train.optim import LearningRate, make_optimizer
+
+RESULTS_FILE = "results.json"
+
+
+class NonFiniteLossError(UserError):
+  """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+def _check(config):
+  t = config.train
+  for name in ("batch_size", "unroll"):
+    if t[name] <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if t[name] <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  if not 0.0 <= config.model.dropout < 1.0:
+    raise UserError(f"--config.model.dropout must be in [0, 1), got {config.model.dropout}")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains config's model on config's data in workdir; returns the final metrics."""
+  _check(config)
+  # ---------------------------------------------------------------- set-up
+  resuming = workdir_lib.prepare(config, workdir)
+  tf.random.set_seed(config.seed)
+  strategy = distribute.make_strategy(config.distribute)
+  corpus = data.make_corpus(config.data)
+  vocab = data.load_vocabulary(config.data, corpus, workdir)
+  batch, unroll = config.train.batch_size, config.train.unroll
+  stream = data.train_stream(config.data, corpus, vocab, batch, unroll, config.seed)
+  steps_per_epoch = stream.steps_per_epoch
+  if config.train.num_steps:
+    total_steps = config.train.num_steps
+  elif steps_per_epoch:
+    total_steps = config.train.num_epochs * steps_per_epoch
+  else:
+    raise UserError("this corpus is streamed, so epochs are not counted: set --config.train.num_steps")
+  eval_every = config.eval.every_steps or steps_per_epoch or 10_000
+
+  with strategy.scope():
+    model = models.build(config.model, vocab.words, seed=config.seed)
+    optimizer = make_optimizer(config.optim)
+    optimizer.build(model.trainable_variables)  # in scope: required by Keras 3 (DESIGN.md §2)
+    learning_rate = LearningRate(config.optim, batch)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
+                                    model.initial_state(batch))
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints, model=model,
+                              optimizer=optimizer, step=step_var, learning_rate=learning_rate,
+                              lstm_state=list(tf.nest.flatten(carried)))
+  restored = checkpointer.restore_latest()
+  start = int(step_var.numpy())
+  state = tf.nest.map_structure(tf.identity, carried)
+  n_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+  logging.info("%s %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
+               config.model.name, config.model.input, n_params, len(vocab), total_steps,
+               steps_per_epoch or "?",
+               f"resuming at step {start} from {restored}" if restored else "starting from scratch")
+  if resuming and not restored:
+    logging.info("workdir %s has a config but no checkpoint yet: starting at step 0", workdir)
+
+  writers = Writers(workdir)
+  evaluator = Evaluator(model, config.eval.batch_size, unroll)
+  sampler = Sampler(model, vocab)
+  valid_ids = corpus.token_ids("valid", vocab)
+
+  # ---------------------------------------------------------------- the step
+  variables = model.trainable_variables
+  clip = config.optim.clip_norm
+
+  def step_fn(batch, state):
+    state = _reset(state, batch["reset"])
+    with tf.GradientTape() as tape:
+      loss, metrics, new_state = model.loss(batch, state, training=True)
+      # Each replica's loss is its local mean; dividing by the replica count makes the summed
+      # gradients the gradient of the global-batch mean.
+      scaled = loss / strategy.num_replicas_in_sync
+    grads = tape.gradient(scaled, variables)
+    if clip:
+      grads, norm = tf.clip_by_global_norm(grads, clip)
+    else:
+      norm = tf.linalg.global_norm(grads)
+    rate = learning_rate(step_var)
+    optimizer.learning_rate.assign(rate)
+    optimizer.apply_gradients(zip(grads, variables))
+    step_var.assign_add(1)
+    return {"loss": loss, "grad_norm": norm, "learning_rate": rate}, new_state
+
+  @tf.function
+  def train_step(batch, state):
+    out, new_state = strategy.run(step_fn, args=(batch, state))
+    return out, new_state
+
+  def save(step):
+    tf.nest.map_structure(lambda v, s: v.assign(s), carried, state)
+    path = checkpointer.save(step)
+    logging.info("saved %s", path)
+
+  def evaluate_and_sample(step):
+    result = evaluator.perplexity(valid_ids, config.eval.max_tokens)
+    if learning_rate.after_eval(result["perplexity"]):
+      logging.info("validation perplexity stalled: learning rate decay now %.4g",
+                   float(learning_rate.decay))
+    samples = [render(sampler.generate("", config.eval.sample_words, config.eval.temperature,
+                                       seed=step * 100 + k), vocab.eos)
+               for k in range(config.eval.num_samples)]
+    writers.scalars("eval", step, {"eval/perplexity": result["perplexity"],
+                                   "eval/loss": result["loss"]})
+    writers.text("eval", step, "eval/samples",
+                 "\n\n".join(f"{k + 1}. " + s.replace("\n", " / ") for k, s in enumerate(samples)))
+    logging.info("step %d: validation perplexity %.2f (%d tokens)", step, result["perplexity"],
+                 result["num_tokens"])
+    for s in samples:
+      logging.info("  sample: %s", s.replace("\n", " / "))
+    return result, samples
+
+  # ---------------------------------------------------------------- training
+  dataset = strategy.distribute_datasets_from_function(lambda ctx: stream.dataset(start, ctx))
+  iterator = iter(dataset)
+  throughput = Throughput(start, total_steps)
+  words_per_step = batch * unroll
+  losses = []
+  step = start
+  last_valid = None
+  samples = []
+  try:
+    while step < total_steps:
+      if step == start and start == 0:
+        writers.trace_on()
+      out, state = train_step(next(iterator), state)
+      if step == start and start == 0:
+        writers.trace_export("train", "train_step", step)
+      loss = float(out["loss"])
+      if not math.isfinite(loss):
+        last = checkpointer.manager.latest_checkpoint
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
+            f"({last or 'none'}) is kept; lower --config.optim.learning_rate or set "
+            "--config.optim.clip_norm and run again")
+      step += 1
+      losses.append(loss)
+      throughput.add(words_per_step)
+      if step % config.train.log_every == 0 or step == total_steps:
+        perf = throughput.report(step)
+        mean = float(np.mean(losses))
+        losses = []
+        writers.scalars("train", step, {
+            "train/loss": mean, "train/perplexity": math.exp(min(mean, 700.0)),
+            "optim/learning_rate": float(out["learning_rate"]),
+            "optim/grad_norm": float(out["grad_norm"]), **perf})
+        logging.info("step %d/%d | loss %.3f | ppl %.1f | lr %.3g | %.0f words/s | %.3f s/step | "
+                     "%s left", step, total_steps, mean, math.exp(min(mean, 700.0)),
+                     float(out["learning_rate"]), perf["perf/words_per_sec"],
+                     perf["perf/step_secs"], format_duration(throughput.eta_secs))
+      if step % config.train.histogram_every == 0:
+        writers.histograms("train", step, model.params)
+      evaluated = step % eval_every == 0 and step < total_steps
+      if evaluated:
+        last_valid, samples = evaluate_and_sample(step)
+      if evaluated or step % config.train.checkpoint_every == 0 or step == total_steps:
+        save(step)
+        writers.flush()
+  except KeyboardInterrupt:
+    if step > int(checkpointer.manager.checkpoints and
+                  checkpointer.manager.latest_checkpoint.rsplit("-", 1)[1] or 0):
+      save(step)
+    logging.info("interrupted at step %d; run the same command again to resume", step)
+    raise
+
+  # ---------------------------------------------------------------- final evaluation
+  if total_steps > start or last_valid is None:
+    last_valid, samples = evaluate_and_sample(step)
+  test = evaluator.perplexity(corpus.token_ids("test", vocab), config.eval.max_tokens)
+  writers.scalars("eval", step, {"eval/test_perplexity": test["perplexity"]})
+  writers.flush()
+  results = {"step": step, "valid_perplexity": last_valid["perplexity"],
+             "test_perplexity": test["perplexity"], "test_tokens": test["num_tokens"],
+             "parameters": n_params, "samples": samples}
+  tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+  logging.info("step %d: test perplexity %.2f (%d tokens)", step, test["perplexity"],
+               test["num_tokens"])
+  return results
