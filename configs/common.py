@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.momentum = 0.0           # sgd
   config.optim.initial_accumulator = 0.1  # adagrad
   config.optim.clip_norm = 5.0          # global gradient-norm clipping (0 = off)
+  config.optim.loss_per = "token"       # token: minimise the mean NLL per token; sequence: the
+                                        # NLL summed over the unroll, averaged over rows
   config.optim.schedule = "constant"    # constant | plateau (halve when eval stalls, Kim et al.)
   config.optim.plateau_factor = 0.5     # plateau: lr *= factor when ...
   config.optim.plateau_threshold = 1.0  # ... eval perplexity improved by less than this

@@ -32,6 +32,7 @@ def get_config(arg=None):
   config.optim.name = "sgd"
   config.optim.learning_rate = 1.0
   config.optim.clip_norm = 5.0
+  config.optim.loss_per = "sequence"     # Kim et al.'s objective: NLL summed over the 35 steps
   config.optim.schedule = "plateau"
   config.train.batch_size = 20
   config.train.unroll = 35

@@ -29,5 +29,5 @@ def train_stream(data_config, corpus: Corpus, vocab: Vocabulary, batch_size: int
                      data_config.shuffle, seed)
 
 
-__all__ = ["Corpus", "OneBillionWord", "PennTreebank", "TextCorpus", "make_corpus", "ArrayStream",
+__all__ = ["VOCAB_FILE", "Corpus", "OneBillionWord", "PennTreebank", "TextCorpus", "make_corpus", "ArrayStream",
            "ShardStream", "eval_windows", "Vocabulary", "load_vocabulary", "train_stream"]

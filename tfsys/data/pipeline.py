@@ -81,9 +81,11 @@ class ArrayStream(_Stream):
     if self.steps_per_epoch < 1:
       raise UserError(f"corpus of {len(self.ids)} tokens is too small for batch {batch_size} "
                       f"x unroll {unroll}; lower --config.train.batch_size or unroll")
+    # Sentence spans for shuffling; text after the last sentence end is a sentence too.
     ends = np.flatnonzero(self.ids == eos_id) + 1
-    self._starts = np.concatenate([[0], ends[:-1]]) if len(ends) else np.array([0])
-    self._ends = ends if len(ends) else np.array([len(self.ids)])
+    if not len(ends) or ends[-1] != len(self.ids):
+      ends = np.append(ends, len(self.ids))
+    self._starts, self._ends = np.concatenate([[0], ends[:-1]]), ends
     self._epoch, self._rows = None, None
 
   def _epoch_rows(self, epoch: int) -> np.ndarray:

@@ -5,12 +5,18 @@ included (the standard PTB convention); the text is laid out in `batch_size` row
 start from a zero state (tfsys.data.eval_windows).
 """
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from tfsys.data import Vocabulary, eval_windows
+import models
+from tfsys.data import VOCAB_FILE, OneBillionWord, PennTreebank, TextCorpus, Vocabulary, eval_windows
 from tfsys.errors import UserError
+from tfsys.train.checkpoint import restore_for_inference
+from tfsys.train.workdir import load_config
+
+CORPORA = {"ptb": PennTreebank, "lm1b": OneBillionWord, "text": TextCorpus}
 
 
 def _reset(state, reset):
@@ -86,3 +92,13 @@ class Sampler:
 def render(words: list[str], eos: str) -> str:
   """Words as text, a line break at each sentence end."""
   return " ".join(words).replace(f" {eos} ", "\n").replace(f" {eos}", "\n").replace(eos, "\n").strip()
+
+
+def load_trained(workdir: str):
+  """(config, vocab, model, checkpoint path) of a workdir's newest checkpoint, for inference."""
+  config = load_config(workdir)
+  corpus_cls = CORPORA.get(config.data.corpus, TextCorpus)
+  vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE), unk=corpus_cls.unk, eos=corpus_cls.eos)
+  model = models.build(config.model, vocab.words, seed=config.seed)
+  path = restore_for_inference(workdir, model=model)
+  return config, vocab, model, path

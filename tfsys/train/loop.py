@@ -37,6 +37,8 @@ def _check(config):
   for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
     if t[name] <= 0:
       raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  if config.optim.loss_per not in ("token", "sequence"):
+    raise UserError(f"--config.optim.loss_per must be token or sequence, got {config.optim.loss_per!r}")
   if not 0.0 <= config.model.dropout < 1.0:
     raise UserError(f"--config.model.dropout must be in [0, 1), got {config.model.dropout}")
 
@@ -91,14 +93,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- the step
   variables = model.trainable_variables
   clip = config.optim.clip_norm
+  per_token_scale = float(unroll) if config.optim.loss_per == "sequence" else 1.0
 
   def step_fn(batch, state):
     state = _reset(state, batch["reset"])
     with tf.GradientTape() as tape:
       loss, metrics, new_state = model.loss(batch, state, training=True)
-      # Each replica's loss is its local mean; dividing by the replica count makes the summed
-      # gradients the gradient of the global-batch mean.
-      scaled = loss / strategy.num_replicas_in_sync
+      # Each replica's loss is its local per-token mean; dividing by the replica count makes
+      # the summed gradients the gradient of the global-batch mean. loss_per="sequence" sums
+      # over the unrolled steps instead (Zaremba et al. 2014, Kim et al. 2016: the objective
+      # their lr = 1 with norm clipping at 5 was tuned for).
+      scaled = loss * per_token_scale / strategy.num_replicas_in_sync
     grads = tape.gradient(scaled, variables)
     if clip:
       grads, norm = tf.clip_by_global_norm(grads, clip)

@@ -1,0 +1,74 @@
+import numpy as np
+import tensorflow as tf
+
+from models.layers.char_cnn import char_cnn, char_cnn_shapes
+from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _reference_lstmp(x, c, h, w_x, w_h, b, w_p, cell_clip):
+  """A straightforward per-step, per-gate implementation in NumPy."""
+  outs = []
+  units = w_h.shape[1] // 4
+  for t in range(x.shape[1]):
+    z = x[:, t] @ w_x + h @ w_h + b
+    i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
+    c = _sigmoid(f + FORGET_BIAS) * c + _sigmoid(i) * np.tanh(g)
+    if cell_clip:
+      c = np.clip(c, -cell_clip, cell_clip)
+    m = _sigmoid(o) * np.tanh(c)
+    h = m @ w_p if w_p is not None else m
+    outs.append(h)
+  return np.stack(outs, 1), c, h
+
+
+def _params(shapes, rng):
+  return {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in shapes.items()}
+
+
+def test_lstmp_matches_reference():
+  rng = np.random.default_rng(0)
+  for projection, clip in ((0, 0.0), (3, 0.0), (3, 0.5)):
+    p = _params(lstmp_shapes(4, 5, projection), rng)
+    x = rng.normal(size=(2, 6, 4)).astype(np.float32)
+    out_dim = projection or 5
+    c0 = rng.normal(size=(2, 5)).astype(np.float32)
+    h0 = rng.normal(size=(2, out_dim)).astype(np.float32)
+    got, (c, h) = lstmp_layer(tf.constant(x), (c0, h0), {k: tf.constant(v) for k, v in p.items()},
+                              clip)
+    want, wc, wh = _reference_lstmp(x, c0, h0, p["w_x"], p["w_h"], p["b"], p.get("w_p"), clip)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(c.numpy(), wc, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h.numpy(), wh, rtol=1e-4, atol=1e-5)
+    if clip:
+      assert np.abs(c.numpy()).max() <= clip + 1e-6
+
+
+def test_char_cnn_shapes_and_max_pool():
+  shapes = char_cnn_shapes(4, (1, 3), (2, 5), num_highway=1, projection=6)
+  assert shapes["conv3_w"] == [3, 4, 5] and shapes["highway0_w_h"] == [7, 7]
+  rng = np.random.default_rng(1)
+  p = {k: tf.constant(v) for k, v in _params(shapes, rng).items()}
+  ids = tf.constant(rng.integers(0, 259, size=(3, 9)), tf.int32)
+  out = char_cnn(ids, p, (1, 3), num_highway=1)
+  assert out.shape == (3, 6)
+  # Without highway or projection, the width-1 features are the max over positions of
+  # tanh(embedding · w + b), which we can compute by hand.
+  plain = char_cnn(ids, {k: v for k, v in p.items() if k.startswith(("char", "conv"))}, (1,), 0)
+  emb = tf.gather(p["char_embedding"], ids).numpy()
+  manual = np.tanh(emb @ p["conv1_w"].numpy()[0] + p["conv1_b"].numpy()).max(axis=1)
+  np.testing.assert_allclose(plain.numpy(), manual, rtol=1e-5, atol=1e-6)
+
+
+def test_highway_gate_closed_is_identity():
+  shapes = char_cnn_shapes(4, (2,), (6,), num_highway=1, projection=0)
+  rng = np.random.default_rng(2)
+  p = {k: tf.constant(v) for k, v in _params(shapes, rng).items()}
+  ids = tf.constant(rng.integers(0, 259, size=(5, 7)), tf.int32)
+  no_highway = char_cnn(ids, p, (2,), num_highway=0)
+  p["highway0_b_t"] = tf.fill([6], -50.0)   # transform gate shut: carry the input through
+  np.testing.assert_allclose(char_cnn(ids, p, (2,), num_highway=1).numpy(), no_highway.numpy(),
+                             atol=1e-6)

@@ -1,0 +1,76 @@
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+from configs import lm1b_big_lstm_cnn, lm1b_lstm_2048_512, ptb_char_cnn_lstm
+from models.lstm_lm import num_parameters, variable_shapes
+
+LM1B_VOCAB = 793_471  # DESIGN.md §5
+
+
+@pytest.mark.parametrize("module,paper", [(lm1b_lstm_2048_512, 0.83e9),
+                                          (lm1b_big_lstm_cnn, 1.04e9)])
+def test_lm1b_parameter_counts_match_the_paper(module, paper):
+  # Jozefowicz et al. 2016, Table 1. Counted from shapes: nothing of that size is allocated.
+  n = num_parameters(module.get_config().model, LM1B_VOCAB)
+  assert abs(n - paper) / paper < 0.02, n
+
+
+def test_built_model_has_exactly_the_declared_variables():
+  cfg = ptb_char_cnn_lstm.get_config("smoke").model
+  words = ["<unk>", "<eos>"] + [f"w{i}" for i in range(50)]
+  m = models.build(cfg, words)
+  declared = variable_shapes(cfg, len(words))
+  got = {v.name.split(":")[0]: list(v.shape) for v in m.trainable_variables}
+  assert got == declared
+  assert num_parameters(cfg, len(words)) == sum(int(np.prod(v.shape)) for v in m.trainable_variables)
+
+
+def _tiny(input_kind="char_cnn", num_samples=0, vocab=40, dropout=0.0):
+  cfg = ptb_char_cnn_lstm.get_config("smoke")
+  cfg.model.input = input_kind
+  cfg.model.word_dim = 8
+  cfg.model.dropout = dropout
+  cfg.model.embedding_dropout = dropout
+  cfg.model.num_samples = num_samples
+  words = ["<unk>", "<eos>"] + [f"w{i}" for i in range(vocab - 2)]
+  return models.build(cfg.model, words, seed=1), vocab
+
+
+@pytest.mark.parametrize("kind", ["char_cnn", "word"])
+def test_state_carry_equals_one_long_sequence(kind):
+  m, v = _tiny(kind)
+  ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(3, 13)), tf.int32)
+  batch = lambda a, b: {"inputs": ids[:, a:b - 1], "targets": ids[:, a + 1:b],
+                        "weights": tf.ones([3, b - a - 1])}
+  whole, _, _ = m.loss(batch(0, 13), m.initial_state(3), training=False)
+  first, m1, s = m.loss(batch(0, 7), m.initial_state(3), training=False)
+  second, m2, _ = m.loss(batch(6, 13), s, training=False)
+  combined = (m1["nll_sum"] + m2["nll_sum"]) / (m1["num_tokens"] + m2["num_tokens"])
+  np.testing.assert_allclose(float(combined), float(whole), rtol=1e-5)
+
+
+def test_char_model_embeds_words_outside_the_vocabulary():
+  from tfsys.data import chars
+  m, _ = _tiny()
+  e = m.embed_chars(chars.encode_words_tf(tf.constant(["w3", "neverseen"]),
+                                          m.config.max_word_length))
+  inside = m.embed_ids(tf.constant([[5]]))[0, 0]  # id 5 is "w3"
+  np.testing.assert_allclose(e[0].numpy(), inside.numpy(), rtol=1e-6)
+  assert not np.allclose(e[0].numpy(), e[1].numpy())
+
+
+def test_sampled_softmax_approaches_full_softmax():
+  errors = []
+  for samples in (5, 50, 399):
+    tf.random.set_seed(0)
+    m, v = _tiny("word", num_samples=samples, vocab=400)
+    ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(4, 9)), tf.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([4, 8])}
+    full, _, _ = m.loss(batch, m.initial_state(4), training=False)
+    sampled = np.mean([float(m.loss(batch, m.initial_state(4), training=True)[0])
+                       for _ in range(10)])
+    errors.append(abs(sampled - float(full)) / float(full))
+  assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02, errors
