@@ -150,6 +150,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   words_per_step = batch * unroll
   losses = []
   step = start
+  steady = None  # (time, step) after the first logging interval: throughput without tracing
   last_valid = None
   samples = []
   try:
@@ -171,6 +172,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       throughput.add(words_per_step)
       if step % config.train.log_every == 0 or step == total_steps:
         perf = throughput.report(step)
+        if steady is None:
+          steady = (time.perf_counter(), step)
         mean = float(np.mean(losses))
         losses = []
         writers.scalars("train", step, {
@@ -196,6 +199,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("interrupted at step %d; run the same command again to resume", step)
     raise
 
+  train_secs = time.perf_counter() - steady[0] if steady else 0.0
+  steady_words = (step - steady[1]) * words_per_step if steady else 0
   # ---------------------------------------------------------------- final evaluation
   if total_steps > start or last_valid is None:
     last_valid, samples = evaluate_and_sample(step)
@@ -204,7 +209,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writers.flush()
   results = {"step": step, "valid_perplexity": last_valid["perplexity"],
              "test_perplexity": test["perplexity"], "test_tokens": test["num_tokens"],
-             "parameters": n_params, "samples": samples}
+             "parameters": n_params, "samples": samples,
+             "words_per_sec": steady_words / train_secs if train_secs > 0 else None}
   tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
