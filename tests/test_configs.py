@@ -39,10 +39,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   from configs import ptb_word_lstm
   from tfsys.train.evaluate import load_trained
   cfg = ptb_word_lstm.get_config("smoke")
-  cfg.optim.learning_rate = 1e30
+  cfg.train.num_steps = 10
+  cfg.train.checkpoint_every = 5
+  train_and_evaluate(cfg, str(tmp_path))                   # healthy: ckpt-10
+  cfg.train.num_steps = 30
+  cfg.optim.learning_rate = float("inf")                   # step 11 makes every weight NaN
   cfg.optim.clip_norm = 0.0
-  cfg.train.checkpoint_every = 1
-  with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+).*ckpt-\d+"):
+  with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 12; stopping.*ckpt-10\)"):
     train_and_evaluate(cfg, str(tmp_path))
   _, _, model, path = load_trained(str(tmp_path))
-  assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables), path
+  assert path.endswith("ckpt-10")
+  assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
+
+
+def test_diverged_weights_are_never_checkpointed(tmp_path):
+  from configs import ptb_word_lstm
+  cfg = ptb_word_lstm.get_config("smoke")
+  cfg.optim.learning_rate = 1e30       # the loss stays finite, the model does not
+  cfg.optim.clip_norm = 0.0
+  cfg.train.checkpoint_every = 1000
+  cfg.eval.every_steps = 1000
+  with pytest.raises(NonFiniteLossError, match="not finite"):
+    train_and_evaluate(cfg, str(tmp_path))
+  assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-*.index"))

@@ -19,6 +19,11 @@ from tfsys.train.workdir import load_config
 CORPORA = {"ptb": PennTreebank, "lm1b": OneBillionWord, "text": TextCorpus}
 
 
+def perplexity(nll_per_token: float) -> float:
+  """exp(NLL), capped at exp(80) so that summaries (float32) never overflow on a diverging run."""
+  return math.exp(min(nll_per_token, 80.0))
+
+
 def _reset(state, reset):
   return tf.nest.map_structure(lambda s: tf.where(reset, tf.zeros_like(s), s), state)
 
@@ -47,7 +52,7 @@ class Evaluator:
       nll += float(n)
       count += float(c)
     mean = nll / max(count, 1.0)
-    return {"loss": mean, "perplexity": math.exp(min(mean, 700.0)), "num_tokens": int(count)}
+    return {"loss": mean, "perplexity": perplexity(mean), "num_tokens": int(count)}
 
 
 class Sampler:
@@ -84,7 +89,11 @@ class Sampler:
     for i in range(num_words):
       nxt, state = self._step(current, state, tf.constant(float(temperature)),
                               tf.constant([seed, i], tf.int32))
-      out.append(self.vocab.words[int(nxt[0])])
+      index = int(nxt[0])
+      if not 0 <= index < len(self.vocab):  # what tf.random sampling returns for NaN logits
+        raise UserError(f"the model's next-word distribution is not finite at word {i + 1}: "
+                        "the checkpoint holds diverged (NaN or infinite) weights")
+      out.append(self.vocab.words[index])
       current = tf.reshape(nxt, [1, 1])
     return out
 

@@ -19,7 +19,7 @@ from tfsys.errors import UserError
 from tfsys.monitor import Throughput, Writers, format_duration
 from tfsys.train import workdir as workdir_lib
 from tfsys.train.checkpoint import Checkpointer
-from tfsys.train.evaluate import Evaluator, Sampler, _reset, render
+from tfsys.train.evaluate import Evaluator, Sampler, _reset, perplexity, render
 from tfsys.train.optim import LearningRate, make_optimizer
 
 RESULTS_FILE = "results.json"
@@ -120,19 +120,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
     out, new_state = strategy.run(step_fn, args=(batch, state))
     return out, new_state
 
+  saved_step = [start]
+
   def save(step):
+    # Never write a checkpoint that a resumed run could not train from.
+    bad = [v.name for v in variables if not bool(tf.reduce_all(tf.math.is_finite(v)))]
+    if bad:
+      raise NonFiniteLossError(
+          f"weights {', '.join(bad[:3])} are not finite at step {step}; stopping. The last good "
+          f"checkpoint ({checkpointer.manager.latest_checkpoint or 'none'}) is kept")
     tf.nest.map_structure(lambda v, s: v.assign(s), carried, state)
     path = checkpointer.save(step)
+    saved_step[0] = step
     logging.info("saved %s", path)
 
   def evaluate_and_sample(step):
     result = evaluator.perplexity(valid_ids, config.eval.max_tokens)
+    if not math.isfinite(result["loss"]):
+      raise NonFiniteLossError(f"validation loss is {result['loss']} at step {step}; stopping. "
+                               f"The last good checkpoint ({checkpointer.manager.latest_checkpoint}) "
+                               "is kept; lower --config.optim.learning_rate")
     if learning_rate.after_eval(result["perplexity"]):
       logging.info("validation perplexity stalled: learning rate decay now %.4g",
                    float(learning_rate.decay))
-    samples = [render(sampler.generate("", config.eval.sample_words, config.eval.temperature,
-                                       seed=step * 100 + k), vocab.eos)
-               for k in range(config.eval.num_samples)]
+    try:
+      samples = [render(sampler.generate("", config.eval.sample_words, config.eval.temperature,
+                                         seed=step * 100 + k), vocab.eos)
+                 for k in range(config.eval.num_samples)]
+    except UserError as e:  # NaN logits: the weights diverged even if the loss still looked finite
+      raise NonFiniteLossError(f"at step {step}: {e}; stopping. The last good checkpoint "
+                               f"({checkpointer.manager.latest_checkpoint}) is kept") from None
     writers.scalars("eval", step, {"eval/perplexity": result["perplexity"],
                                    "eval/loss": result["loss"]})
     writers.text("eval", step, "eval/samples",
@@ -177,11 +194,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         mean = float(np.mean(losses))
         losses = []
         writers.scalars("train", step, {
-            "train/loss": mean, "train/perplexity": math.exp(min(mean, 700.0)),
+            "train/loss": mean, "train/perplexity": perplexity(mean),
             "optim/learning_rate": float(out["learning_rate"]),
             "optim/grad_norm": float(out["grad_norm"]), **perf})
         logging.info("step %d/%d | loss %.3f | ppl %.1f | lr %.3g | %.0f words/s | %.3f s/step | "
-                     "%s left", step, total_steps, mean, math.exp(min(mean, 700.0)),
+                     "%s left", step, total_steps, mean, perplexity(mean),
                      float(out["learning_rate"]), perf["perf/words_per_sec"],
                      perf["perf/step_secs"], format_duration(throughput.eta_secs))
       if step % config.train.histogram_every == 0:
@@ -189,12 +206,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       evaluated = step % eval_every == 0 and step < total_steps
       if evaluated:
         last_valid, samples = evaluate_and_sample(step)
-      if evaluated or step % config.train.checkpoint_every == 0 or step == total_steps:
+      if step < total_steps and (evaluated or step % config.train.checkpoint_every == 0):
         save(step)
         writers.flush()
   except KeyboardInterrupt:
-    if step > int(checkpointer.manager.checkpoints and
-                  checkpointer.manager.latest_checkpoint.rsplit("-", 1)[1] or 0):
+    if step > saved_step[0]:
       save(step)
     logging.info("interrupted at step %d; run the same command again to resume", step)
     raise
@@ -203,7 +219,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   steady_words = (step - steady[1]) * words_per_step if steady else 0
   # ---------------------------------------------------------------- final evaluation
   if total_steps > start or last_valid is None:
-    last_valid, samples = evaluate_and_sample(step)
+    last_valid, samples = evaluate_and_sample(step)   # before saving: it checks for divergence
+  if step > start or not checkpointer.manager.latest_checkpoint:
+    save(step)
   test = evaluator.perplexity(corpus.token_ids("test", vocab), config.eval.max_tokens)
   writers.scalars("eval", step, {"eval/test_perplexity": test["perplexity"]})
   writers.flush()
