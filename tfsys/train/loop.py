@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      float(out["learning_rate"]), perf["perf/words_per_sec"],
                      perf["perf/step_secs"], format_duration(throughput.eta_secs))
       if step % config.train.histogram_every == 0:
-        writers.histograms("train", step, model.params)
+        writers.histograms("train", step, {v.name.split(":")[0]: v for v in variables})
       evaluated = step % eval_every == 0 and step < total_steps
       if evaluated:
         last_valid, samples = evaluate_and_sample(step)
