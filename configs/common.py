@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.temperature = 1.0
 
   config.distribute = ml_collections.ConfigDict()
-  config.distribute.backend = "single"  # single (multi-device backends come with issue #3)
+  config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)
+  config.distribute.num_logical_cpus = 2  # mirrored on a machine without GPUs
   return config
 
 

@@ -50,7 +50,44 @@ def test_bad_schedules(kw, msg):
     LearningRate(_optim(**kw), global_batch=1)
 
 
-def test_optimizers():
-  assert make_optimizer(_optim(name="adagrad", initial_accumulator=1.0)).initial_accumulator_value == 1.0
+def _step(name, grad, value=(1.0, 2.0), steps=1, **kw):
+  import tensorflow as tf
+  opt = make_optimizer(_optim(name=name, **kw))
+  v = tf.Variable(list(value))
+  opt.build([v])
+  for _ in range(steps):
+    opt.apply([grad], [v], tf.constant(0.1))
+  return v.numpy(), opt
+
+
+def test_sgd_and_momentum():
+  import numpy as np
+  import tensorflow as tf
+  v, opt = _step("sgd", tf.constant([1.0, -1.0]))
+  np.testing.assert_allclose(v, [0.9, 2.1])
+  v, _ = _step("sgd", tf.constant([1.0, 0.0]), steps=2, momentum=0.5)
+  np.testing.assert_allclose(v, [1.0 - 0.1 * 1.0 - 0.1 * 1.5, 2.0], rtol=1e-6)  # m: 1, then 1.5
+  assert int(opt.iterations) == 1
+
+
+def test_adagrad_dense_and_sparse_agree():
+  import numpy as np
+  import tensorflow as tf
+  dense, _ = _step("adagrad", tf.constant([2.0, 0.0]), initial_accumulator=1.0)
+  np.testing.assert_allclose(dense, [1.0 - 0.1 * 2.0 / np.sqrt(5.0), 2.0], rtol=1e-5)
+  # The same gradient as two sparse rows with a repeated index (1.5 + 0.5 on row 0).
+  sparse = tf.IndexedSlices(tf.constant([1.5, 0.5]), tf.constant([0, 0]), tf.constant([2]))
+  got, _ = _step("adagrad", sparse, initial_accumulator=1.0)
+  np.testing.assert_allclose(got, dense, rtol=1e-6)
+
+
+def test_adam_first_step_is_lr_times_sign():
+  import numpy as np
+  import tensorflow as tf
+  v, _ = _step("adam", tf.constant([3.0, -0.01]))
+  np.testing.assert_allclose(v, [0.9, 2.1], rtol=1e-4)   # bias-corrected m/√v = sign(g)
+
+
+def test_unknown_optimizer():
   with pytest.raises(UserError, match="unknown optimizer"):
     make_optimizer(_optim(name="lamb"))

@@ -48,11 +48,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _check(config)
   # ---------------------------------------------------------------- set-up
   resuming = workdir_lib.prepare(config, workdir)
+  strategy = distribute.make_strategy(config.distribute)  # first: fixes the devices
   tf.random.set_seed(config.seed)
-  strategy = distribute.make_strategy(config.distribute)
+  replicas = strategy.num_replicas_in_sync
   corpus = data.make_corpus(config.data)
   vocab = data.load_vocabulary(config.data, corpus, workdir)
   batch, unroll = config.train.batch_size, config.train.unroll
+  if batch % replicas:
+    raise UserError(f"--config.train.batch_size={batch} must be a multiple of the "
+                    f"{replicas} replicas")
+  local_batch = batch // replicas
   stream = data.train_stream(config.data, corpus, vocab, batch, unroll, config.seed)
   steps_per_epoch = stream.steps_per_epoch
   if config.train.num_steps:
@@ -66,17 +71,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with strategy.scope():
     model = models.build(config.model, vocab.words, seed=config.seed)
     optimizer = make_optimizer(config.optim)
-    optimizer.build(model.trainable_variables)  # in scope: required by Keras 3 (DESIGN.md §2)
+    optimizer.build(model.trainable_variables)  # in scope: slots placed like the variables
     learning_rate = LearningRate(config.optim, batch)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
-                                    model.initial_state(batch))
+  # The LSTM state of the whole global batch, for checkpoints only; during training each
+  # replica carries its own rows as a per-replica value.
+  carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
+                                  model.initial_state(batch))
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints, model=model,
                               optimizer=optimizer, step=step_var, learning_rate=learning_rate,
                               lstm_state=list(tf.nest.flatten(carried)))
   restored = checkpointer.restore_latest()
   start = int(step_var.numpy())
-  state = tf.nest.map_structure(tf.identity, carried)
+
+  def replica_rows(ctx):
+    lo = ctx.replica_id_in_sync_group * local_batch
+    return tf.nest.map_structure(lambda v: tf.identity(v[lo:lo + local_batch]), carried)
+  state = strategy.experimental_distribute_values_from_function(replica_rows)
   n_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
   logging.info("%s %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
                config.model.name, config.model.input, n_params, len(vocab), total_steps,
@@ -103,22 +114,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # the summed gradients the gradient of the global-batch mean. loss_per="sequence" sums
       # over the unrolled steps instead (Zaremba et al. 2014, Kim et al. 2016: the objective
       # their lr = 1 with norm clipping at 5 was tuned for).
-      scaled = loss * per_token_scale / strategy.num_replicas_in_sync
+      scaled = loss * per_token_scale / replicas
     grads = tape.gradient(scaled, variables)
+    # All-reduce here, not in the optimizer, so that clipping sees the global gradient.
+    ctx = tf.distribute.get_replica_context()
+    grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     if clip:
       grads, norm = tf.clip_by_global_norm(grads, clip)
     else:
       norm = tf.linalg.global_norm(grads)
     rate = learning_rate(step_var)
-    optimizer.learning_rate.assign(rate)
-    optimizer.apply_gradients(zip(grads, variables))
-    step_var.assign_add(1)
+
+    def apply(_, grads):  # cross-replica context: one update per variable, no second reduce
+      optimizer.apply(grads, variables, learning_rate(step_var))
+      step_var.assign_add(1)
+    ctx.merge_call(apply, args=(grads,))
     return {"loss": loss, "grad_norm": norm, "learning_rate": rate}, new_state
 
   @tf.function
   def train_step(batch, state):
     out, new_state = strategy.run(step_fn, args=(batch, state))
-    return out, new_state
+    first = lambda v: strategy.experimental_local_results(v)[0]
+    return {"loss": strategy.reduce(tf.distribute.ReduceOp.MEAN, out["loss"], axis=None),
+            "grad_norm": first(out["grad_norm"]),
+            "learning_rate": first(out["learning_rate"])}, new_state
 
   saved_step = [start]
 
@@ -129,7 +148,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       raise NonFiniteLossError(
           f"weights {', '.join(bad[:3])} are not finite at step {step}; stopping. The last good "
           f"checkpoint ({checkpointer.manager.latest_checkpoint or 'none'}) is kept")
-    tf.nest.map_structure(lambda v, s: v.assign(s), carried, state)
+    tf.nest.map_structure(lambda v, s: v.assign(strategy.gather(s, axis=0)), carried, state)
     path = checkpointer.save(step)
     saved_step[0] = step
     logging.info("saved %s", path)
@@ -142,7 +161,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                "is kept; lower --config.optim.learning_rate")
     if learning_rate.after_eval(result["perplexity"]):
       logging.info("validation perplexity stalled: learning rate decay now %.4g",
-                   float(learning_rate.decay))
+                   float(learning_rate.decay.numpy()))
     try:
       samples = [render(sampler.generate("", config.eval.sample_words, config.eval.temperature,
                                          seed=step * 100 + k), vocab.eos)
