@@ -73,6 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_samples = 3
   config.eval.temperature = 1.0
 
+  config.monitor = ml_collections.ConfigDict()
+  config.monitor.noise_scale_every = 10  # gradient noise scale every N steps (needs >= 2 replicas; 0 = off)
+  config.monitor.noise_scale_decay = 0.95  # its moving averages (McCandlish et al. App. A.1)
+
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)
   config.distribute.num_logical_cpus = 2  # mirrored on a machine without GPUs

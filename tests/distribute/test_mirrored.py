@@ -22,7 +22,10 @@ def _losses(workdir, backend):
   acc = event_accumulator.EventAccumulator(os.path.join(workdir, "train"),
                                            size_guidance={"tensors": 0})
   acc.Reload()
-  return np.array([float(tf_make_ndarray(e.tensor_proto)) for e in acc.Tensors("train/loss")])
+  values = lambda tag: np.array([float(tf_make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)])
+  noise = {t: values(t) for t in ("noise/b_simple", "noise/grad_sq_norm", "noise/trace_sigma")
+           if t in acc.Tags()["tensors"]}
+  return values("train/loss"), noise
 
 
 def tf_make_ndarray(proto):
@@ -31,8 +34,11 @@ def tf_make_ndarray(proto):
 
 
 def test_mirrored_matches_single_with_the_same_global_batch(tmp_path):
-  single = _losses(str(tmp_path / "single"), "single")
-  mirrored = _losses(str(tmp_path / "mirrored"), "mirrored")
+  single, no_noise = _losses(str(tmp_path / "single"), "single")
+  mirrored, noise = _losses(str(tmp_path / "mirrored"), "mirrored")
   assert len(single) == len(mirrored) == 12
   assert single[-1] < single[0]                      # it learns
   np.testing.assert_allclose(mirrored, single, rtol=2e-4)
+  # The noise scale needs two batch sizes: written with 2 replicas, not with one.
+  assert not no_noise and len(noise["noise/b_simple"]) == 1   # every 10 steps, 12 steps
+  assert noise["noise/grad_sq_norm"][0] > 0 and np.isfinite(noise["noise/b_simple"]).all()

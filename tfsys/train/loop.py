@@ -16,13 +16,18 @@ from absl import logging
 import models
 from tfsys import data, distribute
 from tfsys.errors import UserError
-from tfsys.monitor import Throughput, Writers, format_duration
+from tfsys.monitor import NoiseScale, Throughput, Writers, format_duration
 from tfsys.train import workdir as workdir_lib
 from tfsys.train.checkpoint import Checkpointer
 from tfsys.train.evaluate import Evaluator, Sampler, _reset, perplexity, render
 from tfsys.train.optim import LearningRate, make_optimizer
 
 RESULTS_FILE = "results.json"
+
+
+def _sq_norm(grads):
+  """Squared L2 norm of a gradient list; sparse rows are summed per index first (densified)."""
+  return tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads if g is not None])
 
 
 class NonFiniteLossError(UserError):
@@ -105,6 +110,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   variables = model.trainable_variables
   clip = config.optim.clip_norm
   per_token_scale = float(unroll) if config.optim.loss_per == "sequence" else 1.0
+  noise_every = config.monitor.noise_scale_every
+  track_noise = noise_every > 0 and replicas > 1   # two batch sizes need two replicas
+  noise_scale = NoiseScale(config.monitor.noise_scale_decay)
 
   def step_fn(batch, state):
     state = _reset(state, batch["reset"])
@@ -116,9 +124,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       # their lr = 1 with norm clipping at 5 was tuned for).
       scaled = loss * per_token_scale / replicas
     grads = tape.gradient(scaled, variables)
+    out = {"loss": loss}
+    if track_noise:
+      # This replica's gradient of its own mean loss: the "small batch" estimate.
+      out["small_sq"] = _sq_norm(grads) * (replicas / per_token_scale) ** 2
     # All-reduce here, not in the optimizer, so that clipping sees the global gradient.
     ctx = tf.distribute.get_replica_context()
     grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    if track_noise:
+      out["big_sq"] = _sq_norm(grads) / per_token_scale ** 2   # the "big batch" estimate
     if clip:
       grads, norm = tf.clip_by_global_norm(grads, clip)
     else:
@@ -129,15 +143,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
       optimizer.apply(grads, variables, learning_rate(step_var))
       step_var.assign_add(1)
     ctx.merge_call(apply, args=(grads,))
-    return {"loss": loss, "grad_norm": norm, "learning_rate": rate}, new_state
+    out.update(grad_norm=norm, learning_rate=rate)
+    return out, new_state
 
   @tf.function
   def train_step(batch, state):
     out, new_state = strategy.run(step_fn, args=(batch, state))
     first = lambda v: strategy.experimental_local_results(v)[0]
-    return {"loss": strategy.reduce(tf.distribute.ReduceOp.MEAN, out["loss"], axis=None),
-            "grad_norm": first(out["grad_norm"]),
-            "learning_rate": first(out["learning_rate"])}, new_state
+    mean = lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+    result = {"loss": mean(out["loss"]), "grad_norm": first(out["grad_norm"]),
+              "learning_rate": first(out["learning_rate"])}
+    if track_noise:
+      result.update(small_sq=mean(out["small_sq"]), big_sq=first(out["big_sq"]))
+    return result, new_state
 
   saved_step = [start]
 
@@ -220,6 +238,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      "%s left", step, total_steps, mean, perplexity(mean),
                      float(out["learning_rate"]), perf["perf/words_per_sec"],
                      perf["perf/step_secs"], format_duration(throughput.eta_secs))
+      if track_noise and step % noise_every == 0:
+        writers.scalars("train", step, noise_scale.update(
+            float(out["small_sq"]), float(out["big_sq"]), local_batch, batch))
       if step % config.train.histogram_every == 0:
         writers.histograms("train", step, {v.name.split(":")[0]: v for v in variables})
       evaluated = step % eval_every == 0 and step < total_steps
