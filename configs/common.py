@@ -79,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)
+                                        # | multi_worker (processes from TF_CONFIG)
   config.distribute.num_logical_cpus = 2  # mirrored on a machine without GPUs
+  config.distribute.intra_op_threads = 0  # threads per op (0 = TensorFlow's default: all cores)
+  config.distribute.startup_timeout_secs = 120.0  # multi_worker: wait this long for every task
   return config
 
 

@@ -8,14 +8,15 @@ from tfsys.data.vocab import Vocabulary
 VOCAB_FILE = "vocab.txt"
 
 
-def load_vocabulary(data_config, corpus: Corpus, workdir: str | None = None) -> Vocabulary:
+def load_vocabulary(data_config, corpus: Corpus, workdir: str | None = None,
+                    save: bool = True) -> Vocabulary:
   """The workdir's vocabulary if it has one (so a resumed or evaluated run reads ids the way
-  training did), else one built from the corpus and saved there."""
+  training did), else one built from the corpus (deterministically) and, if `save`, saved there."""
   path = os.path.join(workdir, VOCAB_FILE) if workdir else None
   if path and os.path.isfile(path):
     return Vocabulary.load(path, unk=corpus.unk, eos=corpus.eos)
   vocab = corpus.build_vocabulary(data_config.vocab_size, data_config.min_count)
-  if path:
+  if path and save:
     vocab.save(path)
   return vocab
 

@@ -7,6 +7,7 @@ If a listed checkpoint still cannot be read (a truncated file, a disk fault), `r
 says so and falls back to the next older one instead of failing the run.
 """
 import os
+import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -17,18 +18,32 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class Checkpointer:
+  """Saves into WORKDIR/checkpoints, or, for a worker that is not the chief, into a scratch
+  directory removed by `close()`: under MultiWorkerMirroredStrategy every worker must take
+  part in a save, but only the chief's copy is kept (everyone restores from it)."""
 
-  def __init__(self, workdir: str, keep: int, **objects):
+  def __init__(self, workdir: str, keep: int, is_chief: bool = True, task_name: str = "", **objects):
     self.directory = os.path.join(workdir, CHECKPOINT_DIR)
     self.checkpoint = tf.train.Checkpoint(**objects)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
+    self._write_dir = self.directory if is_chief else os.path.join(workdir, f"tmp_{task_name}")
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self._write_dir, max_to_keep=keep)
+
+  @property
+  def latest(self) -> str | None:
+    """The newest checkpoint in WORKDIR/checkpoints (the chief's)."""
+    return tf.train.latest_checkpoint(self.directory)
 
   def save(self, step: int) -> str:
     return self.manager.save(checkpoint_number=step)
 
+  def close(self) -> None:
+    if self._write_dir != self.directory:
+      shutil.rmtree(self._write_dir, ignore_errors=True)
+
   def restore_latest(self, expect_partial: bool = False) -> str | None:
     """Restores the newest readable checkpoint; returns its path, or None if there is none."""
-    candidates = list(reversed(self.manager.checkpoints))
+    state = tf.train.get_checkpoint_state(self.directory)
+    candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
     for path in candidates:
       try:
         status = self.checkpoint.restore(path)

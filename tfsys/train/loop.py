@@ -14,7 +14,8 @@ import tensorflow as tf
 from absl import logging
 
 import models
-from tfsys import data, distribute
+from tfsys import data
+from tfsys.distribute.backends import make_backend
 from tfsys.errors import UserError
 from tfsys.monitor import NoiseScale, Throughput, Writers, format_duration
 from tfsys.train import workdir as workdir_lib
@@ -52,12 +53,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains config's model on config's data in workdir; returns the final metrics."""
   _check(config)
   # ---------------------------------------------------------------- set-up
-  resuming = workdir_lib.prepare(config, workdir)
-  strategy = distribute.make_strategy(config.distribute)  # first: fixes the devices
+  backend = make_backend(config.distribute)  # first: fixes devices and threads
+  strategy, is_chief = backend.strategy, backend.is_chief
+  resuming = workdir_lib.prepare(config, workdir, write=is_chief)
   tf.random.set_seed(config.seed)
   replicas = strategy.num_replicas_in_sync
   corpus = data.make_corpus(config.data)
-  vocab = data.load_vocabulary(config.data, corpus, workdir)
+  vocab = data.load_vocabulary(config.data, corpus, workdir, save=is_chief)
   batch, unroll = config.train.batch_size, config.train.unroll
   if batch % replicas:
     raise UserError(f"--config.train.batch_size={batch} must be a multiple of the "
@@ -83,7 +85,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # replica carries its own rows as a per-replica value.
   carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
                                   model.initial_state(batch))
-  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints, model=model,
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints, is_chief, backend.task_name,
+                              model=model,
                               optimizer=optimizer, step=step_var, learning_rate=learning_rate,
                               lstm_state=list(tf.nest.flatten(carried)))
   restored = checkpointer.restore_latest()
@@ -94,14 +97,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return tf.nest.map_structure(lambda v: tf.identity(v[lo:lo + local_batch]), carried)
   state = strategy.experimental_distribute_values_from_function(replica_rows)
   n_params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-  logging.info("%s %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
-               config.model.name, config.model.input, n_params, len(vocab), total_steps,
+  logging.info("[%s] %s %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
+               backend.task_name, config.model.name, config.model.input, n_params, len(vocab),
+               total_steps,
                steps_per_epoch or "?",
                f"resuming at step {start} from {restored}" if restored else "starting from scratch")
   if resuming and not restored:
     logging.info("workdir %s has a config but no checkpoint yet: starting at step 0", workdir)
 
-  writers = Writers(workdir)
+  writers = Writers(workdir, enabled=is_chief)
   evaluator = Evaluator(model, config.eval.batch_size, unroll)
   sampler = Sampler(model, vocab)
   valid_ids = corpus.token_ids("valid", vocab)
@@ -157,6 +161,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       result.update(small_sq=mean(out["small_sq"]), big_sq=first(out["big_sq"]))
     return result, new_state
 
+  @tf.function
+  def gather_rows(state):  # every replica's rows of the LSTM state, in replica order
+    return tf.nest.map_structure(lambda s: strategy.gather(s, axis=0), state)
+
   saved_step = [start]
 
   def save(step):
@@ -165,8 +173,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if bad:
       raise NonFiniteLossError(
           f"weights {', '.join(bad[:3])} are not finite at step {step}; stopping. The last good "
-          f"checkpoint ({checkpointer.manager.latest_checkpoint or 'none'}) is kept")
-    tf.nest.map_structure(lambda v, s: v.assign(strategy.gather(s, axis=0)), carried, state)
+          f"checkpoint ({checkpointer.latest or 'none'}) is kept")
+    tf.nest.map_structure(lambda v, s: v.assign(s), carried, gather_rows(state))
     path = checkpointer.save(step)
     saved_step[0] = step
     logging.info("saved %s", path)
@@ -175,7 +183,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     result = evaluator.perplexity(valid_ids, config.eval.max_tokens)
     if not math.isfinite(result["loss"]):
       raise NonFiniteLossError(f"validation loss is {result['loss']} at step {step}; stopping. "
-                               f"The last good checkpoint ({checkpointer.manager.latest_checkpoint}) "
+                               f"The last good checkpoint ({checkpointer.latest}) "
                                "is kept; lower --config.optim.learning_rate")
     if learning_rate.after_eval(result["perplexity"]):
       logging.info("validation perplexity stalled: learning rate decay now %.4g",
@@ -186,7 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  for k in range(config.eval.num_samples)]
     except UserError as e:  # NaN logits: the weights diverged even if the loss still looked finite
       raise NonFiniteLossError(f"at step {step}: {e}; stopping. The last good checkpoint "
-                               f"({checkpointer.manager.latest_checkpoint}) is kept") from None
+                               f"({checkpointer.latest}) is kept") from None
     writers.scalars("eval", step, {"eval/perplexity": result["perplexity"],
                                    "eval/loss": result["loss"]})
     writers.text("eval", step, "eval/samples",
@@ -216,7 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writers.trace_export("train", "train_step", step)
       loss = float(out["loss"])
       if not math.isfinite(loss):
-        last = checkpointer.manager.latest_checkpoint
+        last = checkpointer.latest
         raise NonFiniteLossError(
             f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
             f"({last or 'none'}) is kept; lower --config.optim.learning_rate or set "
@@ -260,7 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- final evaluation
   if total_steps > start or last_valid is None:
     last_valid, samples = evaluate_and_sample(step)   # before saving: it checks for divergence
-  if step > start or not checkpointer.manager.latest_checkpoint:
+  if step > start or not checkpointer.latest:
     save(step)
   test = evaluator.perplexity(corpus.token_ids("test", vocab), config.eval.max_tokens)
   writers.scalars("eval", step, {"eval/test_perplexity": test["perplexity"]})
@@ -269,10 +277,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "test_perplexity": test["perplexity"], "test_tokens": test["num_tokens"],
              "parameters": n_params, "samples": samples,
              "words_per_sec": steady_words / train_secs if train_secs > 0 else None}
-  tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+  checkpointer.close()
+  if is_chief:
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
   logging.info("step %d: test perplexity %.2f (%d tokens)", step, test["perplexity"],
                test["num_tokens"])
   return results

@@ -43,8 +43,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """Creates or checks the workdir and writes config.json; returns True if resuming."""
+def prepare(config: ml_collections.ConfigDict, workdir: str, write: bool = True) -> bool:
+  """Creates or checks the workdir and writes config.json; returns True if resuming.
+
+  With write=False (a worker that is not the chief) it only creates the directory.
+  """
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
@@ -54,6 +57,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> bool:
   path = os.path.join(workdir, CONFIG_FILE)
   new = config_to_dict(config)
   resuming = os.path.isfile(path)
+  if not write:
+    return resuming
   if resuming:
     with open(path, encoding="utf-8") as f:
       old = json.load(f)

@@ -1,0 +1,46 @@
+"""Starts a whole cluster on this machine: every task a process on 127.0.0.1 with its TF_CONFIG.
+
+  python scripts/launch_local.py --num_workers=2 -- scripts/train.py \
+      --config=configs/ptb_char_cnn_lstm.py:smoke --workdir=runs/mw \
+      --config.distribute.backend=multi_worker
+
+Each task's output is prefixed with its name and saved to WORKDIR/logs/<task>.log (or
+--task_log_dir). If a task fails the others are stopped; Ctrl-C stops and reaps them all.
+Relaunching the same command resumes from the chief's last checkpoint.
+"""
+import sys
+
+from absl import app, flags
+
+from tfsys.distribute.launch import LocalCluster, cluster_spec
+from tfsys.errors import UserError
+
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "worker tasks (worker 0 is the chief)")
+_NUM_PS = flags.DEFINE_integer("num_ps", 0, "parameter-server tasks")
+_LOG_DIR = flags.DEFINE_string("task_log_dir", None, "task logs (default: WORKDIR/logs)")
+
+
+def main(argv):
+  command = argv[1:]
+  log_dir = _LOG_DIR.value
+  if log_dir is None:
+    workdirs = [a.split("=", 1)[1] for a in command if a.startswith("--workdir=")]
+    if not workdirs:
+      raise UserError("give --task_log_dir, or a --workdir=W in the command (logs go to W/logs)")
+    log_dir = f"{workdirs[0]}/logs"
+  if _NUM_WORKERS.value < 1:
+    raise UserError(f"--num_workers must be at least 1, got {_NUM_WORKERS.value}")
+  spec = cluster_spec(_NUM_WORKERS.value, _NUM_PS.value)
+  return LocalCluster(command, spec, log_dir).run()
+
+
+def _main(argv):
+  try:
+    sys.exit(main(argv))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(_main)

@@ -1,0 +1,110 @@
+"""Synchronous data parallelism against one device: MirroredStrategy over 2 logical CPUs, and
+MultiWorkerMirroredStrategy over 2 real processes on 127.0.0.1 started by the launcher."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = [os.path.join(ROOT, "scripts", "train.py"), f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke",
+         # Dropout masks are drawn per replica, so switch it off to compare runs exactly.
+         "--config.model.dropout=0", "--config.model.embedding_dropout=0",
+         "--config.train.log_every=1", "--config.eval.max_tokens=100"]
+STEPS = ["--config.train.num_steps=12"]
+
+
+def _launch(num_workers, *args):
+  return [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"),
+          f"--num_workers={num_workers}", "--", *TRAIN, "--config.distribute.backend=multi_worker", *args]
+
+
+def _run(cmd):
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  return proc.stdout + proc.stderr
+
+
+def _scalars(workdir, tag, run="train"):
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, run), size_guidance={"tensors": 0})
+  acc.Reload()
+  if tag not in acc.Tags()["tensors"]:
+    return np.array([])
+  return np.array([float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)])
+
+
+@pytest.fixture(scope="module")
+def single_losses(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("single"))
+  _run([sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}"])
+  losses = _scalars(workdir, "train/loss")
+  assert len(losses) == 12 and losses[-1] < losses[0]   # it learns
+  assert not len(_scalars(workdir, "noise/b_simple"))     # one replica: no noise scale
+  return losses
+
+
+def test_mirrored_matches_single(single_losses, tmp_path):
+  workdir = str(tmp_path)
+  _run([sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}",
+        "--config.distribute.backend=mirrored", "--config.distribute.num_logical_cpus=2"])
+  np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
+  noise = _scalars(workdir, "noise/b_simple")      # every 10 steps with 2 replicas
+  assert len(noise) == 1 and np.isfinite(noise).all()
+  assert _scalars(workdir, "noise/grad_sq_norm")[0] > 0
+
+
+def test_two_worker_processes_match_single_and_only_the_chief_writes(single_losses, tmp_path):
+  workdir = str(tmp_path / "run")
+  out = _run(_launch(2, *STEPS, f"--workdir={workdir}"))
+  for task in ("worker0", "worker1"):      # both trained, each under its own prefix and log
+    assert f"[{task}]" in out
+    log = open(os.path.join(workdir, "logs", f"{task}.log")).read()
+    assert "step 12/12" in log and "test perplexity" in log
+  np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
+  assert len(glob.glob(os.path.join(workdir, "train", "events.*"))) == 1   # the chief's only
+  assert os.path.isfile(os.path.join(workdir, "checkpoints", "ckpt-12.index"))
+  assert not glob.glob(os.path.join(workdir, "tmp_*"))    # other workers' scratch removed
+  assert json.load(open(os.path.join(workdir, "config.json")))["distribute"]["backend"] == "multi_worker"
+
+
+def test_kill_every_task_then_relaunch_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = [f"--workdir={workdir}", "--config.train.num_steps=60", "--config.train.checkpoint_every=10",
+          "--config.train.log_every=10"]
+  launcher = subprocess.Popen(_launch(2, *args), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, cwd=ROOT)
+  deadline = time.monotonic() + 300
+  while not glob.glob(os.path.join(workdir, "checkpoints", "ckpt-20.index")):
+    assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+    time.sleep(0.2)
+  launcher.send_signal(signal.SIGTERM)      # the launcher kills and reaps every task
+  assert launcher.wait(timeout=60) != 0
+  assert subprocess.run(["pgrep", "-f", workdir], capture_output=True).returncode == 1  # none left
+  state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+  saved = int(state.model_checkpoint_path.rsplit("-", 1)[1])
+  assert 20 <= saved < 60
+  _run(_launch(2, *args))
+  for task in ("worker0", "worker1"):
+    log = open(os.path.join(workdir, "logs", f"{task}.log")).read()
+    assert f"resuming at step {saved} from" in log and "step 60/60" in log
+
+
+def test_a_worker_that_never_comes_up_is_named(tmp_path):
+  from tfsys.distribute.launch import free_ports
+  ports = free_ports(2)
+  env = dict(os.environ, TF_CONFIG=json.dumps({
+      "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}))
+  proc = subprocess.run([sys.executable, *TRAIN, f"--workdir={tmp_path}",
+                         "--config.distribute.backend=multi_worker",
+                         "--config.distribute.startup_timeout_secs=2"],
+                        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+  assert proc.returncode != 0
+  assert f"[worker0] worker1 (127.0.0.1:{ports[1]}) did not come up within 2 s" in proc.stderr
+  assert "Traceback" not in proc.stderr
