@@ -24,23 +24,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.common import background_busy  # noqa: E402
 from configs import ptb_word_lstm  # noqa: E402
 from tfsys.data import ArrayStream, PennTreebank, load_vocabulary  # noqa: E402
 from tfsys.train import train_and_evaluate  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 200, "timed training steps per contender")
-
-
-def background_busy(interval=1.0) -> float:
-  """Fraction of the machine's CPU time busy while we sleep: other jobs skew every figure."""
-  def snap():
-    with open("/proc/stat") as f:
-      v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v), v[3] + v[4]
-  t1, i1 = snap()
-  time.sleep(interval)
-  t2, i2 = snap()
-  return 1.0 - (i2 - i1) / max(1, t2 - t1)
 
 
 def matmul_peak_flops(n=2048, repeats=8) -> float:
