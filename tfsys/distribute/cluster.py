@@ -159,20 +159,9 @@ class StartupWatchdog:
 def wait_for_peers(cluster: Cluster, timeout_secs: float) -> None:
   """Blocks until every other task's server accepts connections, or names the missing ones."""
   deadline = time.monotonic() + timeout_secs
-  pending = cluster.peers()
-  while pending:
-    still = []
-    for name, addr in pending:
-      host, port = _split(addr)
-      try:
-        with socket.create_connection((host, port), timeout=1.0):
-          pass
-      except OSError:
-        still.append((name, addr))
-    pending = still
-    if pending and time.monotonic() > deadline:
-      names = ", ".join(f"{n} ({a})" for n, a in pending)
+  while missing := unreachable_peers(cluster):
+    if time.monotonic() > deadline:
+      names = ", ".join(f"{n} ({a})" for n, a in missing)
       raise UserError(f"{names} did not come up within {timeout_secs:g} s "
                       "(--config.distribute.startup_timeout_secs); is every task started?")
-    if pending:
-      time.sleep(0.5)
+    time.sleep(0.5)
