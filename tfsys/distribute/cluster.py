@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 from tfsys.errors import UserError
 
@@ -154,14 +153,3 @@ class StartupWatchdog:
   def disarm(self) -> None:
     self._proc.kill()
     self._proc.wait()
-
-
-def wait_for_peers(cluster: Cluster, timeout_secs: float) -> None:
-  """Blocks until every other task's server accepts connections, or names the missing ones."""
-  deadline = time.monotonic() + timeout_secs
-  while missing := unreachable_peers(cluster):
-    if time.monotonic() > deadline:
-      names = ", ".join(f"{n} ({a})" for n, a in missing)
-      raise UserError(f"{names} did not come up within {timeout_secs:g} s "
-                      "(--config.distribute.startup_timeout_secs); is every task started?")
-    time.sleep(0.5)
