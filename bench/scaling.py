@@ -7,8 +7,11 @@ intra-op thread, then two worker processes (backend multi_worker, started by
 scripts/launch_local.py on 127.0.0.1) with one thread each, the same batch per worker (so the
 global batch doubles). Throughput is each run's steady-state words/s (results.json; the first
 logging interval, with tracing, is not timed). Efficiency = throughput(2) / (2 x throughput(1)).
-Run it on a quiet machine: it prints the background CPU load it started with. The last line is
-one JSON object.
+It also runs two independent single-worker processes at once (no communication at all): their
+summed throughput over 2 x throughput(1) is the ceiling this machine itself puts on weak
+scaling (two processes share its memory bandwidth and caches), so the efficiency can be read
+against it. Run it on a quiet machine: it prints the background CPU load it started with. The
+last line is one JSON object.
 """
 import json
 import os
@@ -38,12 +41,19 @@ def _train_args(workdir, batch, backend):
           "--config.eval.num_samples=0", "--config.monitor.noise_scale_every=0"]
 
 
-def _words_per_sec(cmd, workdir) -> float:
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-  if proc.returncode:
-    raise SystemExit(f"run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)["words_per_sec"]
+def _words_per_sec(cmds, workdirs) -> list[float]:
+  """Runs the commands at the same time; the steady words/s of each."""
+  procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+           for c in cmds]
+  outs = [p.communicate()[0] for p in procs]
+  for p, out in zip(procs, outs):
+    if p.returncode:
+      raise SystemExit(f"run failed:\n{out[-3000:]}")
+  result = []
+  for w in workdirs:
+    with open(os.path.join(w, "results.json")) as f:
+      result.append(json.load(f)["words_per_sec"])
+  return result
 
 
 def main(argv):
@@ -52,17 +62,22 @@ def main(argv):
   print(f"background CPU load before measuring: {busy:.0%}"
         + ("  (not quiet: figures will be low)" if busy > 0.15 else ""))
   b = _BATCH.value
+  single = lambda w: [sys.executable, *_train_args(w, b, "single")]
   with tempfile.TemporaryDirectory() as tmp:
-    one = _words_per_sec([sys.executable, *_train_args(f"{tmp}/one", b, "single")], f"{tmp}/one")
-    print(f"1 worker,  batch {b}:      {one:.0f} words/s")
-    two = _words_per_sec([sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"),
-                          "--num_workers=2", "--", *_train_args(f"{tmp}/two", 2 * b, "multi_worker")],
-                         f"{tmp}/two")
-    print(f"2 workers, batch {2 * b} (global): {two:.0f} words/s")
-  efficiency = two / (2 * one)
-  print(f"weak-scaling efficiency: {efficiency:.2f}")
+    (one,) = _words_per_sec([single(f"{tmp}/one")], [f"{tmp}/one"])
+    print(f"1 worker,  batch {b}:             {one:.0f} words/s")
+    (two,) = _words_per_sec([[sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"),
+                              "--num_workers=2", "--", *_train_args(f"{tmp}/two", 2 * b, "multi_worker")]],
+                            [f"{tmp}/two"])
+    print(f"2 workers, batch {2 * b} (global):   {two:.0f} words/s")
+    apart = sum(_words_per_sec([single(f"{tmp}/a"), single(f"{tmp}/b")], [f"{tmp}/a", f"{tmp}/b"]))
+    print(f"2 independent single workers:   {apart:.0f} words/s in all (no communication)")
+  efficiency, ceiling = two / (2 * one), apart / (2 * one)
+  print(f"weak-scaling efficiency: {efficiency:.2f} (this machine's ceiling without communication: "
+        f"{ceiling:.2f})")
   print(json.dumps({"one_worker_words_per_sec": round(one, 1), "two_workers_words_per_sec": round(two, 1),
-                    "efficiency": round(efficiency, 3), "background_busy": round(busy, 3)}))
+                    "efficiency": round(efficiency, 3), "machine_ceiling": round(ceiling, 3),
+                    "background_busy": round(busy, 3)}))
 
 
 if __name__ == "__main__":
