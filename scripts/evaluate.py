@@ -7,7 +7,10 @@ whitespace, a sentence end after each line, words outside the vocabulary scored 
 """
 from tfsys import cli  # first: sets TensorFlow's log level
 
+import os
+
 from absl import flags
+import numpy as np
 
 from tfsys.data import make_corpus
 from tfsys.data.corpus import read_sentences
@@ -25,8 +28,6 @@ def main(argv):
   del argv
   config, vocab, model, path = load_trained(_WORKDIR.value)
   if _TEXT.value:
-    import numpy as np
-    import os
     if not os.path.isfile(_TEXT.value):
       raise UserError(f"text file not found: {_TEXT.value}")
     parts = [np.append(vocab.encode(w), np.int32(vocab.eos_id)) for w in read_sentences(_TEXT.value)]

@@ -51,7 +51,7 @@ def test_train_kill_resume_evaluate_sample(tmp_path):
   assert code == 0, out
   assert f"resuming at step {saved[-1]} from" in out
   assert "test perplexity" in out and "tensorboard --logdir" in out
-  assert f"step 60/60" in out and f"step {saved[-1] + 10}/60" in out
+  assert "step 60/60" in out and f"step {saved[-1] + 10}/60" in out
 
   code, out = _script("evaluate.py", f"--workdir={workdir}", "--split=valid")
   assert code == 0 and "ckpt-60: valid split: perplexity" in out, out

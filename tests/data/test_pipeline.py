@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfsys.data import ArrayStream, OneBillionWord, ShardStream, Vocabulary, eval_windows
+from tfsys.data import ArrayStream, OneBillionWord, ShardStream, eval_windows
 from tfsys.errors import UserError
 
 

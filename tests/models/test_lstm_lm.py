@@ -1,4 +1,3 @@
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
