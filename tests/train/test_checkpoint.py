@@ -13,11 +13,16 @@ def _ckpt(workdir, value):
   return v, Checkpointer(str(workdir), keep=3, v=v)
 
 
-def test_restore_latest(tmp_path):
-  v, c = _ckpt(tmp_path, 1.0)
+def _saved_at_10_and_20(workdir):
+  """Checkpoints of v = 1.0 at step 10 and v = 2.0 at step 20."""
+  v, c = _ckpt(workdir, 1.0)
   c.save(10)
   v.assign(2.0)
   c.save(20)
+
+
+def test_restore_latest(tmp_path):
+  _saved_at_10_and_20(tmp_path)
   w, c2 = _ckpt(tmp_path, 0.0)
   assert c2.restore_latest().endswith("ckpt-20") and float(w) == 2.0
 
@@ -34,10 +39,7 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_an_older_one(tmp_path):
-  v, c = _ckpt(tmp_path, 1.0)
-  c.save(10)
-  v.assign(2.0)
-  c.save(20)
+  _saved_at_10_and_20(tmp_path)
   for f in glob.glob(str(tmp_path / "checkpoints" / "ckpt-20.*")):
     with open(f, "r+b") as fh:
       fh.truncate(3)
