@@ -80,9 +80,27 @@ def base_config() -> ml_collections.ConfigDict:
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)
                                         # | multi_worker (processes from TF_CONFIG)
+                                        # | sync_backup | async_ps (parameter servers, TF_CONFIG)
   config.distribute.num_logical_cpus = 2  # mirrored on a machine without GPUs
   config.distribute.intra_op_threads = 0  # threads per op (0 = TensorFlow's default: all cores)
-  config.distribute.startup_timeout_secs = 120.0  # multi_worker: wait this long for every task
+  config.distribute.startup_timeout_secs = 120.0  # wait this long for every task (or the ps)
+  # sync_backup (Chen et al. 2016; TF1's SyncReplicasOptimizer): N + b worker tasks compute each
+  # step; the chief averages the first N gradients and drops the b late ones.
+  config.distribute.replicas_to_aggregate = 1  # N
+  config.distribute.total_num_replicas = 1     # N + b (= the number of worker tasks)
+  config.distribute.shard_min_rows = 1000  # ps backends: split variables with this many rows
+                                           # by rows over every ps task
+  config.distribute.log_workers_every = 100  # sync_backup: log which workers a step used
+  config.distribute.wait_log_secs = 10.0  # sync_backup: say whom the chief waits for this often
+  config.distribute.chief_timeout_secs = 30.0  # ps workers: exit once the chief is gone this long
+  # Straggler injection (tests, benchmarks): before pushing its gradient, a chosen worker sleeps
+  # base_ms, plus with `probability` per step a Pareto(scale_ms, shape) delay.
+  config.distribute.straggler = ml_collections.ConfigDict()
+  config.distribute.straggler.workers = ""   # "" (none) | "all" | worker indices, e.g. "0,2"
+  config.distribute.straggler.base_ms = 0.0
+  config.distribute.straggler.probability = 1.0
+  config.distribute.straggler.scale_ms = 0.0
+  config.distribute.straggler.shape = 1.5
   return config
 
 

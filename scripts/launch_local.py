@@ -4,6 +4,13 @@
       --config=configs/ptb_char_cnn_lstm.py:smoke --workdir=runs/mw \
       --config.distribute.backend=multi_worker
 
+  python scripts/launch_local.py --num_ps=1 --num_workers=3 -- scripts/train.py \
+      --config=configs/ptb_char_cnn_lstm.py:smoke --workdir=runs/sb \
+      --config.distribute.backend=sync_backup \
+      --config.distribute.replicas_to_aggregate=2 --config.distribute.total_num_replicas=3
+
+With --num_ps the cluster also has a chief task (it applies the updates; the workers compute).
+
 Each task's output is prefixed with its name and saved to WORKDIR/logs/<task>.log (or
 --task_log_dir). If a task fails the others are stopped; Ctrl-C stops and reaps them all.
 Relaunching the same command resumes from the chief's last checkpoint.
@@ -15,8 +22,9 @@ from absl import app, flags
 from tfsys.distribute.launch import LocalCluster, cluster_spec
 from tfsys.errors import UserError
 
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "worker tasks (worker 0 is the chief)")
-_NUM_PS = flags.DEFINE_integer("num_ps", 0, "parameter-server tasks")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "worker tasks (without --num_ps, worker 0 "
+                                    "is the chief)")
+_NUM_PS = flags.DEFINE_integer("num_ps", 0, "parameter-server tasks (then also one chief task)")
 _LOG_DIR = flags.DEFINE_string("task_log_dir", None, "task logs (default: WORKDIR/logs)")
 
 
@@ -30,6 +38,8 @@ def main(argv):
     log_dir = f"{workdirs[0]}/logs"
   if _NUM_WORKERS.value < 1:
     raise UserError(f"--num_workers must be at least 1, got {_NUM_WORKERS.value}")
+  if _NUM_PS.value < 0:
+    raise UserError(f"--num_ps must be >= 0, got {_NUM_PS.value}")
   spec = cluster_spec(_NUM_WORKERS.value, _NUM_PS.value)
   return LocalCluster(command, spec, log_dir).run()
 

@@ -17,6 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if results is None:  # a parameter-server worker: the chief reports
+    return
   print(f"\nvalidation perplexity {results['valid_perplexity']:.2f}, "
         f"test perplexity {results['test_perplexity']:.2f} after {results['step']} steps")
   for k, s in enumerate(results["samples"]):

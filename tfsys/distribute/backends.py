@@ -5,9 +5,14 @@
                 `num_logical_cpus` logical CPU devices (so data parallelism is testable on a CPU).
   multi_worker  MultiWorkerMirroredStrategy: synchronous all-reduce across the worker
                 processes `TF_CONFIG` describes (scripts/launch_local.py starts them locally).
+  sync_backup   synchronous SGD with backup workers on parameter servers (Chen et al. 2016):
+                N + b workers compute each step's gradient, the chief applies the first N.
+  async_ps      asynchronous SGD on the same parameter servers: each worker applies its own.
 
-The loop is the same for every backend: it reads replica counts from the strategy, slices the
-per-replica LSTM state by replica id, and all-reduces gradients itself.
+The all-reduce loop is the same for the first three: it reads replica counts from the strategy,
+slices the per-replica LSTM state by replica id, and all-reduces gradients itself. The
+parameter-server backends run the same model step split between chief and workers
+(tfsys/train/ps_loop.py); for them `Backend.ps` says who is who.
 """
 import dataclasses
 
@@ -16,13 +21,30 @@ import tensorflow as tf
 from tfsys.distribute import cluster as cluster_lib
 from tfsys.errors import UserError
 
-BACKENDS = ("single", "mirrored", "multi_worker")
+BACKENDS = ("single", "mirrored", "multi_worker", "sync_backup", "async_ps")
+PS_BACKENDS = ("sync_backup", "async_ps")
+
+
+@dataclasses.dataclass(frozen=True)
+class PSCluster:
+  """A parameter-server job as this task sees it."""
+  kind: str                  # sync_backup | async_ps
+  role: str                  # ps | chief | worker
+  ps_devices: list
+  num_workers: int
+  replicas_to_aggregate: int  # N: gradients per update (async_ps: 1 per update)
+  chief_address: str
+
+  @property
+  def backups(self) -> int:
+    return self.num_workers - self.replicas_to_aggregate
 
 
 @dataclasses.dataclass
 class Backend:
   strategy: tf.distribute.Strategy
   cluster: cluster_lib.Cluster | None = None
+  ps: PSCluster | None = None
 
   @property
   def is_chief(self) -> bool:
@@ -79,5 +101,62 @@ def make_backend(distribute_config) -> Backend:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # waits until every task is up
     watchdog.disarm()
     return Backend(strategy, cluster)
+  if backend in PS_BACKENDS:
+    return _ps_backend(c)
   raise UserError(f"unknown distribution backend {backend!r} (--config.distribute.backend); "
                   f"available: {', '.join(BACKENDS)}")
+
+
+def _ps_backend(c) -> Backend:
+  """Checks TF_CONFIG for a parameter-server backend and connects this task to the ps tasks.
+
+  A ps task only starts its server (the caller then serves forever). The chief and the workers
+  are separate eager clients that each connect to the ps tasks and themselves only: with the
+  whole cluster in the spec the connection would wait for every other client (DESIGN.md §3).
+  """
+  cluster = cluster_lib.from_env()
+  if cluster is None:
+    raise UserError(f"the {c.backend} backend needs TF_CONFIG with ps, chief and worker jobs; "
+                    "scripts/launch_local.py --num_ps=P --num_workers=K sets it for a local cluster")
+  missing = [job for job in ("ps", "chief", "worker") if job not in cluster.jobs]
+  if missing:
+    raise UserError(f"TF_CONFIG for {c.backend} needs ps, chief and worker jobs; it has no "
+                    f"{', '.join(missing)} job (jobs: {', '.join(cluster.jobs)})")
+  if len(cluster.jobs["chief"]) != 1:
+    raise UserError(f"TF_CONFIG for {c.backend} needs exactly one chief, got "
+                    f"{len(cluster.jobs['chief'])}")
+  workers = len(cluster.jobs["worker"])
+  if c.backend == "sync_backup":
+    n, total = c.replicas_to_aggregate, c.total_num_replicas
+    if n < 1:
+      raise UserError(f"--config.distribute.replicas_to_aggregate must be >= 1, got {n}")
+    if total < n:
+      raise UserError(f"--config.distribute.total_num_replicas ({total}) is smaller than "
+                      f"replicas_to_aggregate ({n}): there are N + b workers, b >= 0")
+    if total != workers:
+      raise UserError(f"--config.distribute.total_num_replicas={total} but TF_CONFIG has "
+                      f"{workers} worker task(s): start N + b = {total} workers")
+  else:
+    n = workers
+  ps = PSCluster(kind=c.backend, role=cluster.task_type,
+                 ps_devices=[f"/job:ps/replica:0/task:{j}/device:CPU:0"
+                             for j in range(len(cluster.jobs["ps"]))],
+                 num_workers=workers, replicas_to_aggregate=n,
+                 chief_address=cluster.jobs["chief"][0])
+  if cluster.task_type not in ("ps", "chief", "worker"):
+    raise UserError(f"task type {cluster.task_type!r} has no part in {c.backend}")
+  cluster_lib.check_port_free(cluster.address)
+  if cluster.task_type != "ps":
+    ps_tasks = [(f"ps{j}", a) for j, a in enumerate(cluster.jobs["ps"])]
+    cluster_lib.wait_for(ps_tasks, c.startup_timeout_secs, cluster.name)
+    spec = tf.train.ClusterSpec({"ps": cluster.jobs["ps"],
+                                 cluster.task_type: {cluster.task_index: cluster.address}})
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")   # connect_to_cluster logs its whole session config at INFO
+    try:
+      tf.config.experimental_connect_to_cluster(spec, job_name=cluster.task_type,
+                                                task_index=cluster.task_index)
+    finally:
+      logger.setLevel(level)
+  return Backend(tf.distribute.get_strategy(), cluster, ps)

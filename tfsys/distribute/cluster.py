@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from tfsys.errors import UserError
 
@@ -112,6 +113,29 @@ def unreachable_peers(cluster: Cluster) -> list[tuple[str, str]]:
     except OSError:
       missing.append((name, addr))
   return missing
+
+
+def reachable(address: str, timeout: float = 1.0) -> bool:
+  host, port = _split(address)
+  try:
+    with socket.create_connection((host, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def wait_for(tasks: list[tuple[str, str]], timeout_secs: float, me: str) -> None:
+  """Waits until every (name, address) accepts connections, or fails naming those that do not."""
+  deadline = time.monotonic() + timeout_secs
+  pending = list(tasks)
+  while pending:
+    pending = [(n, a) for n, a in pending if not reachable(a)]
+    if pending and time.monotonic() > deadline:
+      names = ", ".join(f"{n} ({a})" for n, a in pending)
+      raise UserError(f"[{me}] {names} did not come up within {timeout_secs:g} s "
+                      "(--config.distribute.startup_timeout_secs); is every task started?")
+    if pending:
+      time.sleep(0.2)
 
 
 _WATCHDOG = r"""

@@ -31,10 +31,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def cluster_spec(num_workers: int, num_ps: int = 0) -> dict:
-  ports = free_ports(num_workers + num_ps)
+  """Workers only (worker 0 is the chief), or with ps tasks also a chief task of its own: the
+  parameter-server backends' chief applies updates and computes no gradients."""
+  ports = free_ports(num_workers + num_ps + (1 if num_ps else 0))
   spec = {"worker": [f"127.0.0.1:{p}" for p in ports[:num_workers]]}
   if num_ps:
-    spec["ps"] = [f"127.0.0.1:{p}" for p in ports[num_workers:]]
+    spec["ps"] = [f"127.0.0.1:{p}" for p in ports[num_workers:num_workers + num_ps]]
+    spec["chief"] = [f"127.0.0.1:{ports[-1]}"]
   return spec
 
 

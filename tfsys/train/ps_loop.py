@@ -1,0 +1,694 @@
+"""Training on parameter servers: sync_backup (Chen et al. 2016) and async_ps.
+
+Tasks (TF_CONFIG): `ps` tasks serve state and run nothing of their own; the `chief` owns the
+run (evaluation, checkpoints, TensorBoard) and, under sync_backup, applies every update; the
+`worker` tasks compute gradients. Chief and workers are separate eager clients of the ps tasks,
+all addressing the same state by name (tfsys/distribute/ps.py):
+
+  params, optimizer slots   sharded over the ps tasks (large tables split by rows)
+  grads/<w>/<j>             worker w's latest gradient, the part for ps j (sync_backup)
+  global_step               on ps 0
+  tokens/<w>                worker w's queue of steps to compute (sync_backup)
+  commits                   (worker, step, loss, tokens, fingerprint) in arrival order, on ps 0
+
+sync_backup, one step t (TF1's SyncReplicasOptimizer semantics):
+  worker  takes the newest token t (older ones are skipped: a late worker jumps ahead), reads
+          the parameters, computes its gradient, writes it to its own buffers and only then
+          commits (w, t). A gradient is therefore used whole or not at all.
+  chief   takes commits in arrival order until it has N distinct workers for step t; a commit
+          for an older step is a dropped (stale) gradient, never applied. It averages the N
+          buffers on the ps tasks, clips by the global norm, applies the optimizer shard by
+          shard, increments global_step and only then puts t + 1 on every token queue, so no
+          worker reads parameters of a half-applied step.
+  A worker (re)starting joins at global_step without waiting for a token. With b >= 1 a dead
+  worker is not waited for; with b = 0 the chief waits and says whom it waits for. When the
+  chief is gone for chief_timeout_secs, workers exit saying so.
+
+async_ps: each worker reads the parameters, computes its gradient and applies it itself on the
+ps tasks (the baseline Chen et al. compare against); the chief evaluates and checkpoints.
+
+`config.train.batch_size` is the batch of one update: N × the per-worker batch under
+sync_backup; under async_ps every worker computes on batch_size / num_workers rows, the same
+per-worker batch as sync_backup with N = num_workers.
+"""
+import collections
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfsys.distribute import cluster as cluster_lib
+from tfsys.distribute import ps as ps_lib
+from tfsys.errors import UserError
+from tfsys.monitor import NoiseScale, Throughput
+from tfsys.train.evaluate import _reset
+from tfsys.train.run import Run
+
+# sync_backup: one JSON line per applied step, from the chief: the workers used (with each one's
+# gradient fingerprint), the gradients dropped as [worker, the step they were computed for], the
+# step's seconds and the fingerprint of the averaged gradient that was applied.
+STEP_RECORD = "sync_steps.jsonl"
+
+
+def run(config, workdir: str, backend) -> dict | None:
+  ps = backend.ps
+  if ps.role == "ps":
+    serve(backend)
+  r = Run(config, workdir, backend, replicas=ps.replicas_to_aggregate, data_shards=ps.num_workers)
+  if ps.kind == "async_ps":
+    # One update is one worker's gradient: an epoch of the stream is num_workers updates.
+    epochs_steps = r.total_steps if config.train.num_steps else r.total_steps * ps.num_workers
+    r.total_steps, r.words_per_step = epochs_steps, r.local_batch * r.unroll
+    if not config.eval.every_steps:
+      r.eval_every *= ps.num_workers
+  shared = SharedState(r, ps)
+  if ps.role == "chief":
+    return (SyncChief if ps.kind == "sync_backup" else AsyncChief)(r, shared).train()
+  try:
+    (SyncWorker if ps.kind == "sync_backup" else AsyncWorker)(r, shared).train()
+  finally:
+    r.checkpointer.close()
+  return None
+
+
+def serve(backend) -> None:
+  """A ps task: serves the shared state until it is killed (by the launcher or the cluster)."""
+  cluster = backend.cluster
+  tf.config.threading.set_inter_op_parallelism_threads(16)
+  server = tf.distribute.Server(tf.train.ClusterSpec(cluster.jobs), job_name="ps",
+                                task_index=cluster.task_index, protocol="grpc", start=True)
+  logging.info("[%s] parameter server up at %s", cluster.name, server.target)
+  server.join()
+
+
+class Straggler:
+  """Injected delay of one worker: base_ms, plus with `probability` a Pareto(scale_ms, shape)."""
+
+  def __init__(self, c, worker: int, seed: int):
+    spec = c.workers.strip()
+    try:
+      chosen = spec == "all" or (bool(spec) and worker in {int(x) for x in spec.split(",")})
+    except ValueError:
+      raise UserError(f"--config.distribute.straggler.workers must be '', 'all' or worker "
+                      f"indices like '0,2', got {spec!r}") from None
+    if c.scale_ms < 0 or c.base_ms < 0 or c.shape <= 0 or not 0 <= c.probability <= 1:
+      raise UserError("--config.distribute.straggler needs base_ms, scale_ms >= 0, shape > 0 "
+                      "and probability in [0, 1]")
+    self.c, self.chosen = c, chosen
+    self.rng = np.random.default_rng([seed, worker])
+
+  def delay_secs(self) -> float:
+    if not self.chosen:
+      return 0.0
+    ms = self.c.base_ms
+    if self.c.scale_ms and self.rng.random() < self.c.probability:
+      ms += self.c.scale_ms * (1.0 + self.rng.pareto(self.c.shape))
+    return ms / 1e3
+
+
+class SharedState:
+  """Handles to the state on the ps tasks, made the same way in every client."""
+
+  def __init__(self, r: Run, ps):
+    c = r.config.distribute
+    devices = ps.ps_devices
+    self.r, self.ps, self.devices = r, ps, devices
+    self.params = ps_lib.ShardedStore("params", r.variables, devices, c.shard_min_rows)
+    opt = r.optimizer
+    self.slots = {name: ps_lib.ShardedStore(f"slots/{name}", opt.slots[name], devices,
+                                            c.shard_min_rows) for name in opt.slot_names}
+    self.global_step = ps_lib.shared_variable("global_step", [], tf.int64, devices[0])
+    self.lr_decay = ps_lib.shared_variable("lr_decay", [], tf.float32, devices[0])
+    self.commits = ps_lib.commit_queue(devices[0])
+    # Per ps task j: the pieces it holds as (variable index, piece index, elements, shard).
+    self.layout = [[] for _ in devices]
+    for k, pieces in enumerate(self.params.pieces):
+      for p, (j, lo, hi, var) in enumerate(pieces):
+        self.layout[j].append((k, p, var.shape.num_elements(), var))
+    self.sizes = [sum(n for _, _, n, _ in pieces) for pieces in self.layout]
+    if ps.kind == "sync_backup":
+      self.tokens = [ps_lib.token_queue(w, devices[0]) for w in range(ps.num_workers)]
+      self.buffers = [[ps_lib.shared_variable(f"grads/{w}/{j}", [max(n, 1)], tf.float32, devices[j])
+                       for j, n in enumerate(self.sizes)] for w in range(ps.num_workers)]
+
+  def flatten(self, grads) -> list:
+    """A gradient list as one flat vector per ps task, in that task's piece order."""
+    flats = []
+    for j, pieces in enumerate(self.layout):
+      parts = []
+      for k, p, _, _ in pieces:
+        g = grads[k]
+        g = tf.zeros(self.params.shapes[k]) if g is None else tf.convert_to_tensor(g)
+        if len(self.params.pieces[k]) > 1:
+          _, lo, hi, _ = self.params.pieces[k][p]
+          g = g[lo:hi]
+        parts.append(tf.reshape(g, [-1]))
+      flats.append(tf.concat(parts, 0) if parts else tf.zeros([1]))
+    return flats
+
+  def apply(self, flats, learning_rate, t):
+    """Clips the flat gradients by their global norm and applies the optimizer on every shard,
+    each on its own ps task. Returns the norm before clipping."""
+    opt, clip = self.r.optimizer, self.r.config.optim.clip_norm
+    sq = []
+    for j, flat in enumerate(flats):
+      with tf.device(self.devices[j]):
+        sq.append(tf.reduce_sum(tf.square(flat)))
+    norm = tf.sqrt(tf.add_n(sq))
+    scale = clip / tf.maximum(norm, clip) if clip else tf.constant(1.0)
+    for j, pieces in enumerate(self.layout):
+      with tf.device(self.devices[j]):
+        offset = 0
+        for k, p, n, var in pieces:
+          g = tf.reshape(flats[j][offset:offset + n], var.shape) * scale
+          offset += n
+          slots = [self.slots[name].pieces[k][p][3] for name in opt.slot_names]
+          opt._update(var, g, learning_rate, t, *slots)  # pylint: disable=protected-access
+    return norm
+
+  def fingerprint(self, flats):
+    """r·g for a fixed random vector r: a linear fingerprint of a gradient, so that the
+    fingerprint of an average is the average of the fingerprints (the step record checks it)."""
+    out = []
+    for j, flat in enumerate(flats):
+      with tf.device(self.devices[j]):
+        r = tf.random.stateless_normal(tf.shape(flat), seed=[20160404, j])
+        out.append(tf.reduce_sum(r * flat))
+    return tf.add_n(out)
+
+  @tf.function
+  def read_step(self):
+    return tf.identity(self.global_step)
+
+  def started(self) -> bool:
+    return ps_lib.is_initialized(self.global_step)
+
+
+def _patiently(fn, every_secs: float, on_wait):
+  """fn() run in a daemon thread; on_wait(seconds waited) every `every_secs` until it returns.
+
+  A daemon thread, so that a process that gives up (the chief is gone) is not held at exit by
+  a call still blocked on the ps.
+  """
+  result = {}
+
+  def target():
+    try:
+      result["value"] = fn()
+    except BaseException as e:  # re-raised in the caller
+      result["error"] = e
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  waited = 0.0
+  while True:
+    thread.join(every_secs)
+    if not thread.is_alive():
+      break
+    waited += every_secs
+    on_wait(waited)
+  if "error" in result:
+    raise result["error"]
+  return result["value"]
+
+
+# ==================================================================== sync_backup
+class SyncChief:
+  """Applies the first N gradients of each step; evaluates, checkpoints, writes TensorBoard."""
+
+  def __init__(self, r: Run, shared: SharedState):
+    self.r, self.s, self.ps = r, shared, shared.ps
+    c = r.config.distribute
+    self.n, self.num_workers = self.ps.replicas_to_aggregate, self.ps.num_workers
+    self.log_workers_every, self.wait_log_secs = c.log_workers_every, c.wait_log_secs
+    s, opt = shared, r.optimizer
+    W = self.num_workers
+
+    @tf.function
+    def take_commit():
+      with tf.device(s.devices[0]):
+        return tf.raw_ops.QueueDequeueV2(handle=s.commits, component_types=ps_lib.COMMIT_TYPES)
+
+    @tf.function
+    def apply(mask):
+      """mask[w] = 1 for the workers used; returns (grad norm, lr, Σ_used |g_w|², |mean g|²,
+      fingerprint of the mean gradient applied)."""
+      used = tf.reduce_sum(mask)
+      flats, small = [], []
+      for j in range(len(s.devices)):
+        with tf.device(s.devices[j]):
+          bufs = [s.buffers[w][j].read_value() for w in range(W)]
+          flats.append(tf.add_n([mask[w] * bufs[w] for w in range(W)]) / used)
+          small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(bufs[w])) for w in range(W)]))
+      big_sq = tf.add_n([tf.reduce_sum(tf.square(f)) for f in flats])
+      rate = r.learning_rate(r.step_var)
+      norm = s.apply(flats, rate, tf.cast(opt.iterations + 1, tf.float32))
+      opt.iterations.assign_add(1)
+      r.step_var.assign_add(1)
+      return norm, rate, tf.add_n(small), big_sq, s.fingerprint(flats)
+
+    @tf.function
+    def publish():
+      """global_step += 1, then the new step on every token queue (after apply() returned)."""
+      with tf.device(s.devices[0]):
+        inc = s.global_step.assign_add(1, read_value=False)
+        with tf.control_dependencies([inc]):
+          new = s.global_step.read_value()
+        for q in s.tokens:
+          tf.raw_ops.QueueEnqueueV2(handle=q, components=[new])
+      return new
+
+    @tf.function
+    def drain():
+      """Empties the commit and token queues (leftovers of an earlier chief); returns the
+      number of commits that were waiting."""
+      with tf.device(s.devices[0]):
+        n = tf.raw_ops.QueueSizeV2(handle=s.commits)
+        tf.raw_ops.QueueDequeueUpToV2(handle=s.commits, n=n, component_types=ps_lib.COMMIT_TYPES)
+        for q in s.tokens:
+          tf.raw_ops.QueueDequeueUpToV2(handle=q, n=tf.raw_ops.QueueSizeV2(handle=q),
+                                        component_types=[tf.int64])
+      return n
+
+    @tf.function
+    def first_tokens(step):
+      with tf.device(s.devices[0]):
+        for q in s.tokens:
+          tf.raw_ops.QueueEnqueueV2(handle=q, components=[step])
+
+    @tf.function
+    def close():
+      with tf.device(s.devices[0]):
+        for q in s.tokens:
+          tf.raw_ops.QueueCloseV2(handle=q, cancel_pending_enqueues=True)
+
+    self._take_commit, self._apply, self._publish = take_commit, apply, publish
+    self._drain, self._first_tokens, self._close = drain, first_tokens, close
+
+  def _initialise_ps(self) -> None:
+    """Puts the chief's (fresh or restored) state on the ps tasks and releases the workers."""
+    r, s = self.r, self.s
+    s.params.push(r.variables)
+    for name, store in s.slots.items():
+      store.push(r.optimizer.slots[name])
+    for w in range(self.num_workers):
+      for j, n in enumerate(s.sizes):
+        s.buffers[w][j].assign(tf.zeros([max(n, 1)]))
+    s.lr_decay.assign(r.learning_rate.decay)
+    self._drain()
+    s.global_step.assign(r.start)
+    self._first_tokens(tf.constant(r.start, tf.int64))
+    logging.info("[chief] state on %d ps task(s) (%s MB each); N=%d of %d workers per step",
+                 len(s.devices), "/".join(f"{b / 2**20:.1f}" for b in s.params.bytes_per_ps),
+                 self.n, self.num_workers)
+
+  def _collect(self, step: int):
+    """Commits in arrival order until N distinct workers have one for `step`.
+
+    Returns ({worker: (loss, fingerprint)}, [(worker, step of its gradient)] of dropped ones).
+    """
+    used, dropped = {}, []
+    while len(used) < self.n:
+      def on_wait(secs):
+        missing = [f"worker{w}" for w in range(self.num_workers) if w not in used]
+        logging.warning("[chief] step %d: waited %.0f s for gradients: %d of %d in%s; waiting for "
+                        "%s", step + 1, secs, len(used), self.n,
+                        f" (from {', '.join(f'worker{w}' for w in sorted(used))})" if used else "",
+                        ", ".join(missing))
+      w, t, loss, _, fingerprint = _patiently(self._take_commit, self.wait_log_secs, on_wait)
+      w, t = int(w), int(t)
+      if t == step and w not in used:
+        used[w] = (float(loss), float(fingerprint))
+      elif t != step:
+        dropped.append((w, t))
+    return used, dropped
+
+  def train(self) -> dict:
+    r, s = self.r, self.s
+    config, writers = r.config, r.writers
+    self._initialise_ps()
+    W = self.num_workers
+    used_by, dropped_by = np.zeros(W, np.int64), np.zeros(W, np.int64)
+    staleness = []
+    noise_every = config.monitor.noise_scale_every
+    track_noise = noise_every > 0 and self.n > 1
+    noise_scale = NoiseScale(config.monitor.noise_scale_decay)
+    pts = r.per_token_scale
+    throughput = Throughput(r.start, r.total_steps)
+    losses = []
+    step = r.start
+    steady = None
+    t_prev = time.perf_counter()
+    record = open(os.path.join(r.workdir, STEP_RECORD), "a", encoding="utf-8")
+    try:
+      while step < r.total_steps:
+        used, dropped = self._collect(step)
+        mask = np.zeros(W, np.float32)
+        mask[list(used)] = 1.0
+        norm, rate, small_sq, big_sq, applied = self._apply(tf.constant(mask))
+        self._publish()
+        step += 1
+        now = time.perf_counter()
+        step_secs, t_prev = now - t_prev, now
+        record.write(json.dumps({
+            "step": step, "used": sorted(used), "dropped": dropped, "secs": round(step_secs, 4),
+            "fingerprints": {str(w): fp for w, (_, fp) in sorted(used.items())},
+            "applied": float(applied)}) + "\n")
+        loss = float(np.mean([loss for loss, _ in used.values()]))
+        r.check_loss(loss, step)
+        losses.append(loss)
+        throughput.add(r.words_per_step)
+        for w in used:
+          used_by[w] += 1
+        for w, t in dropped:
+          dropped_by[w] += 1
+          staleness.append(step - 1 - t)
+        writers.scalars("train", step, {"sync/gradients_used": len(used),
+                                        "sync/gradients_dropped": len(dropped),
+                                        "sync/step_secs": step_secs})
+        if step % self.log_workers_every == 0 or step == r.start + 1:
+          logging.info("[chief] step %d used %s%s", step,
+                       ", ".join(f"worker{w}" for w in sorted(used)),
+                       f"; dropped {', '.join(f'worker{w} (step {t + 1})' for w, t in dropped)}"
+                       if dropped else "")
+        if step % config.train.log_every == 0 or step == r.total_steps:
+          perf = throughput.report(step)
+          if steady is None:
+            steady = (time.perf_counter(), step)
+          r.log_progress(step, float(np.mean(losses)), float(rate), float(norm), perf,
+                         throughput.eta_secs)
+          losses = []
+          writers.scalars("train", step, {
+              **{f"sync/used_by/worker{w}": int(used_by[w]) for w in range(W)},
+              **{f"sync/dropped_by/worker{w}": int(dropped_by[w]) for w in range(W)},
+              "sync/staleness_mean": float(np.mean(staleness)) if staleness else 0.0})
+          staleness = []
+        if track_noise and step % noise_every == 0:
+          writers.scalars("train", step, noise_scale.update(
+              float(small_sq) / self.n / pts ** 2, float(big_sq) / pts ** 2, r.local_batch,
+              r.batch))
+        evaluated = step % r.eval_every == 0 and step < r.total_steps
+        save = step < r.total_steps and (evaluated or step % config.train.checkpoint_every == 0)
+        if evaluated or save or step % config.train.histogram_every == 0:
+          s.params.pull(r.variables)
+        if step % config.train.histogram_every == 0:
+          writers.histograms("train", step, {v.name.split(":")[0]: v for v in r.variables})
+        if evaluated:
+          r.evaluate_and_sample(step)
+          s.lr_decay.assign(r.learning_rate.decay)
+        if save:
+          self._save(step)
+          writers.flush()
+          record.flush()
+    except KeyboardInterrupt:
+      if step > r.saved_step:
+        s.params.pull(r.variables)
+        self._save(step)
+      logging.info("interrupted at step %d; run the same command again to resume", step)
+      raise
+    finally:
+      self._close()  # workers blocked on a token see the end and exit
+      record.close()
+    logging.info("[chief] gradients used per worker %s, dropped per worker %s",
+                 used_by.tolist(), dropped_by.tolist())
+    s.params.pull(r.variables)
+    for name, store in s.slots.items():
+      store.pull(r.optimizer.slots[name])
+    words_per_sec = None
+    if steady and step > steady[1]:
+      words_per_sec = (step - steady[1]) * r.words_per_step / (time.perf_counter() - steady[0])
+    return r.finish(step, words_per_sec)
+
+  def _save(self, step: int) -> None:
+    for name, store in self.s.slots.items():
+      store.pull(self.r.optimizer.slots[name])
+    self.r.save(step)
+
+
+class _Worker:
+  """What both kinds of ps worker do: read parameters, compute a gradient on their own rows."""
+
+  def __init__(self, r: Run, shared: SharedState):
+    self.r, self.s, self.ps = r, shared, shared.ps
+    cluster = r.backend.cluster
+    self.me, self.name = cluster.task_index, cluster.name
+    c = r.config.distribute
+    self.chief_timeout = c.chief_timeout_secs
+    self.straggler = Straggler(c.straggler, self.me, r.config.seed)
+    self.context = tf.distribute.InputContext(num_input_pipelines=self.ps.num_workers,
+                                              input_pipeline_id=self.me,
+                                              num_replicas_in_sync=self.ps.num_workers)
+    model, variables, pts = r.model, r.variables, r.per_token_scale
+    s = shared
+
+    @tf.function
+    def pull():
+      for k, v in enumerate(variables):
+        v.assign(s.params.read(k))
+
+    @tf.function
+    def compute(batch, state):
+      state = _reset(state, batch["reset"])
+      with tf.GradientTape() as tape:
+        loss, metrics, new_state = model.loss(batch, state, training=True)
+        scaled = loss * pts
+      grads = tape.gradient(scaled, variables)
+      return s.flatten(grads), loss, metrics["num_tokens"], new_state
+
+    self._pull, self._compute = pull, compute
+    self._iterator, self._data_step, self._state = None, None, None
+    self._chief_seen = time.monotonic()
+
+  def _batch(self, step: int):
+    """This worker's rows for `step`, continuing the LSTM state if it computed step - 1."""
+    if self._data_step != step:
+      self._iterator = iter(self.r.stream.dataset(step, self.context))
+      self._state = self.r.model.initial_state(self.r.local_batch)
+    self._data_step = step + 1
+    return next(self._iterator)
+
+  def _gradient(self, step: int):
+    self._pull()
+    flats, loss, tokens, self._state = self._compute(self._batch(step), self._state)
+    delay = self.straggler.delay_secs()
+    if delay:
+      time.sleep(delay)
+    return flats, loss, tokens
+
+  def _check_chief(self, waited: float = 0.0) -> None:
+    """Exits (status 3) once the chief has not accepted connections for chief_timeout_secs."""
+    if cluster_lib.reachable(self.ps.chief_address):
+      self._chief_seen = time.monotonic()
+      return
+    gone = time.monotonic() - self._chief_seen
+    if gone >= self.chief_timeout:
+      raise ChiefGoneError(f"[{self.name}] the chief ({self.ps.chief_address}) has been gone for "
+                           f"{gone:.0f} s (--config.distribute.chief_timeout_secs); exiting. "
+                           "Relaunch the cluster to resume from its last checkpoint")
+
+
+class ChiefGoneError(UserError):
+  pass
+
+
+class SyncWorker(_Worker):
+
+  def __init__(self, r: Run, shared: SharedState):
+    super().__init__(r, shared)
+    s, me = shared, self.me
+    queue = s.tokens[me]
+
+    @tf.function
+    def take_token():
+      """Blocks for a token, then skips to the newest one queued (a late worker jumps ahead)."""
+      with tf.device(s.devices[0]):
+        tok = tf.raw_ops.QueueDequeueV2(handle=queue, component_types=[tf.int64])[0]
+        rest = tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
+                                             component_types=[tf.int64])[0]
+        return tf.reduce_max(tf.concat([[tok], rest], 0))
+
+    @tf.function
+    def skip_tokens():
+      with tf.device(s.devices[0]):
+        tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
+                                      component_types=[tf.int64])
+
+    @tf.function
+    def push(flats, step, loss, tokens):
+      """Writes this worker's gradient to its buffers, then commits it for `step`."""
+      fingerprint = s.fingerprint(flats)
+      writes = []
+      for j, flat in enumerate(flats):
+        with tf.device(s.devices[j]):
+          writes.append(s.buffers[me][j].assign(flat, read_value=False))
+      with tf.device(s.devices[0]), tf.control_dependencies(writes):
+        tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
+            tf.constant(me, tf.int64), step, loss, tf.cast(tokens, tf.float32), fingerprint])
+
+    self._take_token, self._skip_tokens, self._push = take_token, skip_tokens, push
+
+  def _next_token(self) -> int:
+    def on_wait(secs):
+      self._check_chief(secs)
+    return int(_patiently(self._take_token, 5.0, on_wait))
+
+  def train(self) -> None:
+    if self.s.started():
+      # (Re)joining a running job: start at the current step, not at a queued token (a killed
+      # worker's pending dequeue may have swallowed one).
+      self._skip_tokens()
+      token = int(self.s.read_step())
+      logging.info("[%s] joining at step %d", self.name, token)
+    else:
+      logging.info("[%s] waiting for the chief to start", self.name)
+      token = self._next_token()
+    last, pushed = -1, 0
+    try:
+      while True:
+        if token > last:
+          flats, loss, tokens = self._gradient(token)
+          self._push(flats, tf.constant(token, tf.int64), loss, tokens)
+          last, pushed = token, pushed + 1
+          if pushed % self.r.config.train.log_every == 0:
+            logging.info("[%s] pushed %d gradients, the last for step %d", self.name, pushed, last)
+        token = self._next_token()
+    except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
+      logging.info("[%s] the chief ended training; pushed %d gradients", self.name, pushed)
+    except ChiefGoneError as e:
+      _exit_now(str(e))
+
+
+def _exit_now(message: str) -> None:
+  """Ends the process at once: a call may still be blocked on the ps in another thread."""
+  import os
+  import sys
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(3)
+
+
+# ==================================================================== async_ps
+class AsyncWorker(_Worker):
+  """Reads the parameters, computes a gradient and applies it on the ps tasks itself."""
+
+  def __init__(self, r: Run, shared: SharedState):
+    super().__init__(r, shared)
+    s, me = shared, self.me
+
+    @tf.function
+    def apply(flats, loss, tokens):
+      r.learning_rate.decay.assign(s.lr_decay)
+      with tf.device(s.devices[0]):
+        step = s.global_step.read_value()
+      rate = r.learning_rate(step)
+      s.apply(flats, rate, tf.cast(step + 1, tf.float32))
+      with tf.device(s.devices[0]):
+        new = s.global_step.assign_add(1)
+        tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
+            tf.constant(me, tf.int64), new, loss, tf.cast(tokens, tf.float32), tf.constant(0.0)])
+      return new
+
+    self._apply = apply
+
+  def train(self) -> None:
+    while not self.s.started():
+      self._check_chief()
+      time.sleep(0.2)
+    step, applied, last_check = int(self.s.read_step()), 0, time.monotonic()
+    # This worker's own position in its rows of the stream: one window per update it computes.
+    cursor = step // self.ps.num_workers
+    logging.info("[%s] starting at step %d", self.name, step)
+    while step < self.r.total_steps:
+      flats, loss, tokens = self._gradient(cursor)
+      cursor += 1
+      step = int(self._apply(flats, loss, tokens))
+      applied += 1
+      if time.monotonic() - last_check > 2.0:
+        try:
+          self._check_chief()
+        except ChiefGoneError as e:
+          _exit_now(str(e))
+        last_check = time.monotonic()
+    logging.info("[%s] applied %d gradients; training reached step %d", self.name, applied, step)
+
+
+class AsyncChief:
+  """Watches the global step: logs, evaluates and checkpoints as it passes each boundary."""
+
+  def __init__(self, r: Run, shared: SharedState):
+    self.r, self.s = r, shared
+
+  def train(self) -> dict:
+    r, s = self.r, self.s
+    config, writers = r.config, r.writers
+    s.params.push(r.variables)
+    for name, store in s.slots.items():
+      store.push(r.optimizer.slots[name])
+    s.lr_decay.assign(r.learning_rate.decay)
+    s.global_step.assign(r.start)
+    logging.info("[chief] state on %d ps task(s); %d asynchronous workers", len(s.devices),
+                 s.ps.num_workers)
+
+    @tf.function
+    def take_commits():
+      with tf.device(s.devices[0]):
+        return tf.raw_ops.QueueDequeueUpToV2(
+            handle=s.commits, n=tf.raw_ops.QueueSizeV2(handle=s.commits),
+            component_types=ps_lib.COMMIT_TYPES)
+
+    throughput = Throughput(r.start, r.total_steps)
+    step, seen = r.start, r.start
+    losses, by_worker = [], collections.Counter()
+    t0, steady = time.perf_counter(), None
+    try:
+      while step < r.total_steps:
+        time.sleep(0.05)
+        workers, _, loss, _, _ = (t.numpy() for t in take_commits())
+        losses.extend(loss.tolist())
+        by_worker.update(workers.tolist())
+        step = min(int(s.read_step()), r.total_steps)
+        throughput.add(r.words_per_step * (step - seen))
+        boundaries = range(seen + 1, step + 1)
+        seen = step
+        if any(b % config.train.log_every == 0 for b in boundaries) or step == r.total_steps:
+          perf = throughput.report(step)
+          if steady is None:
+            steady = (time.perf_counter(), step)
+          if losses:
+            r.check_loss(float(np.mean(losses)), step)
+            r.log_progress(step, float(np.mean(losses)),
+                           float(r.learning_rate(tf.constant(step, tf.int64))), 0.0, perf,
+                           throughput.eta_secs)
+          writers.scalars("train", step, {f"async/applied_by/worker{w}": n
+                                          for w, n in by_worker.items()})
+          losses = []
+        evaluated = any(b % r.eval_every == 0 for b in boundaries) and step < r.total_steps
+        save = step < r.total_steps and (
+            evaluated or any(b % config.train.checkpoint_every == 0 for b in boundaries))
+        if evaluated or save:
+          self._pull(step)
+        if evaluated:
+          r.evaluate_and_sample(step)
+          s.lr_decay.assign(r.learning_rate.decay)
+        if save:
+          r.save(step)
+          writers.flush()
+    except KeyboardInterrupt:
+      self._pull(step)
+      r.save(step)
+      raise
+    self._pull(step)
+    logging.info("[chief] updates applied per worker: %s", dict(sorted(by_worker.items())))
+    del t0
+    words_per_sec = None
+    if steady and step > steady[1]:
+      words_per_sec = (step - steady[1]) * r.words_per_step / (time.perf_counter() - steady[0])
+    return r.finish(step, words_per_sec)
+
+  def _pull(self, step: int) -> None:
+    self.s.params.pull(self.r.variables)
+    for name, store in self.s.slots.items():
+      store.pull(self.r.optimizer.slots[name])
+    self.r.step_var.assign(step)

@@ -1,0 +1,201 @@
+"""What every training driver shares: data, model, optimizer, checkpoints, evaluation, output.
+
+A driver (the all-reduce loop in loop.py, the parameter-server chief and workers in ps_loop.py)
+makes one `Run` and calls its pieces; none of them knows which model it trains.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import models
+from tfsys import data
+from tfsys.errors import UserError
+from tfsys.monitor import Writers, format_duration
+from tfsys.train import workdir as workdir_lib
+from tfsys.train.checkpoint import Checkpointer
+from tfsys.train.evaluate import Evaluator, Sampler, perplexity, render
+from tfsys.train.optim import LearningRate, make_optimizer
+
+RESULTS_FILE = "results.json"
+
+
+class NonFiniteLossError(UserError):
+  """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+def check(config):
+  t = config.train
+  for name in ("batch_size", "unroll"):
+    if t[name] <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if t[name] <= 0:
+      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
+  if config.optim.loss_per not in ("token", "sequence"):
+    raise UserError(f"--config.optim.loss_per must be token or sequence, got {config.optim.loss_per!r}")
+  if not 0.0 <= config.model.dropout < 1.0:
+    raise UserError(f"--config.model.dropout must be in [0, 1), got {config.model.dropout}")
+
+
+def sq_norm(grads):
+  """Squared L2 norm of a gradient list; sparse rows are summed per index first (densified)."""
+  return tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads if g is not None])
+
+
+class Run:
+  """The set-up of one training process.
+
+  `replicas` gradients make one update, each from `local_batch` rows; the token stream is cut
+  into `data_shards` × `local_batch` rows, one block per shard (a replica, or a worker of the
+  parameter-server backends, which may have more workers than gradients per update).
+  """
+
+  def __init__(self, config, workdir: str, backend, replicas: int, data_shards: int):
+    check(config)
+    self.config, self.workdir, self.backend = config, workdir, backend
+    self.is_chief = backend.is_chief
+    strategy = backend.strategy
+    self.resuming = workdir_lib.prepare(config, workdir, write=self.is_chief)
+    tf.random.set_seed(config.seed)
+    self.replicas = replicas
+    self.corpus = data.make_corpus(config.data)
+    self.vocab = data.load_vocabulary(config.data, self.corpus, workdir, save=self.is_chief)
+    batch, unroll = config.train.batch_size, config.train.unroll
+    if batch % replicas:
+      raise UserError(f"--config.train.batch_size={batch} must be a multiple of the "
+                      f"{replicas} replicas")
+    self.batch, self.unroll, self.local_batch = batch, unroll, batch // replicas
+    self.stream = data.train_stream(config.data, self.corpus, self.vocab,
+                                    self.local_batch * data_shards, unroll, config.seed)
+    steps_per_epoch = self.stream.steps_per_epoch
+    if config.train.num_steps:
+      self.total_steps = config.train.num_steps
+    elif steps_per_epoch:
+      self.total_steps = config.train.num_epochs * steps_per_epoch
+    else:
+      raise UserError("this corpus is streamed, so epochs are not counted: set --config.train.num_steps")
+    self.eval_every = config.eval.every_steps or steps_per_epoch or 10_000
+    self.words_per_step = batch * unroll
+    self.per_token_scale = float(unroll) if config.optim.loss_per == "sequence" else 1.0
+
+    with strategy.scope():
+      self.model = models.build(config.model, self.vocab.words, seed=config.seed)
+      self.optimizer = make_optimizer(config.optim)
+      self.optimizer.build(self.model.trainable_variables)  # in scope: placed like the variables
+      self.learning_rate = LearningRate(config.optim, batch)
+      self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self.variables = self.model.trainable_variables
+    # The LSTM state of the whole global batch, for checkpoints only; during training each
+    # replica carries its own rows.
+    self.carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
+                                         self.model.initial_state(batch))
+    self.checkpointer = Checkpointer(
+        workdir, config.train.keep_checkpoints, self.is_chief, backend.task_name,
+        model=self.model, optimizer=self.optimizer, step=self.step_var,
+        learning_rate=self.learning_rate, lstm_state=list(tf.nest.flatten(self.carried)))
+    self.restored = self.checkpointer.restore_latest()
+    self.start = int(self.step_var.numpy())
+    self.n_params = sum(int(np.prod(v.shape)) for v in self.variables)
+    logging.info("[%s] %s %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
+                 backend.task_name, config.model.name, config.model.input, self.n_params,
+                 len(self.vocab), self.total_steps, steps_per_epoch or "?",
+                 f"resuming at step {self.start} from {self.restored}" if self.restored
+                 else "starting from scratch")
+    if self.resuming and not self.restored:
+      logging.info("workdir %s has a config but no checkpoint yet: starting at step 0", workdir)
+    self.writers = Writers(workdir, enabled=self.is_chief)
+    self.evaluator = Evaluator(self.model, config.eval.batch_size, unroll)
+    self.sampler = Sampler(self.model, self.vocab)
+    self.valid_ids = self.corpus.token_ids("valid", self.vocab)
+    self.saved_step = self.start
+    self.last_valid, self.samples = None, []
+
+  # ---------------------------------------------------------------- checkpoints
+  def save(self, step: int, state_rows=None) -> None:
+    """Checkpoints the model, optimizer, step and (if given) every row of the LSTM state."""
+    # Never write a checkpoint that a resumed run could not train from.
+    bad = [v.name for v in self.variables if not bool(tf.reduce_all(tf.math.is_finite(v)))]
+    if bad:
+      raise NonFiniteLossError(
+          f"weights {', '.join(bad[:3])} are not finite at step {step}; stopping. The last good "
+          f"checkpoint ({self.checkpointer.latest or 'none'}) is kept")
+    if state_rows is not None:
+      tf.nest.map_structure(lambda v, s: v.assign(s), self.carried, state_rows)
+    path = self.checkpointer.save(step)
+    self.saved_step = step
+    logging.info("saved %s", path)
+
+  # ---------------------------------------------------------------- evaluation
+  def evaluate_and_sample(self, step: int) -> None:
+    config, writers = self.config, self.writers
+    result = self.evaluator.perplexity(self.valid_ids, config.eval.max_tokens)
+    latest = self.checkpointer.latest
+    if not math.isfinite(result["loss"]):
+      raise NonFiniteLossError(f"validation loss is {result['loss']} at step {step}; stopping. "
+                               f"The last good checkpoint ({latest}) "
+                               "is kept; lower --config.optim.learning_rate")
+    if self.learning_rate.after_eval(result["perplexity"]):
+      logging.info("validation perplexity stalled: learning rate decay now %.4g",
+                   float(self.learning_rate.decay.numpy()))
+    try:
+      samples = [render(self.sampler.generate("", config.eval.sample_words,
+                                              config.eval.temperature, seed=step * 100 + k),
+                        self.vocab.eos)
+                 for k in range(config.eval.num_samples)]
+    except UserError as e:  # NaN logits: the weights diverged even if the loss still looked finite
+      raise NonFiniteLossError(f"at step {step}: {e}; stopping. The last good checkpoint "
+                               f"({latest}) is kept") from None
+    writers.scalars("eval", step, {"eval/perplexity": result["perplexity"],
+                                   "eval/loss": result["loss"]})
+    writers.text("eval", step, "eval/samples",
+                 "\n\n".join(f"{k + 1}. " + s.replace("\n", " / ") for k, s in enumerate(samples)))
+    logging.info("step %d: validation perplexity %.2f (%d tokens)", step, result["perplexity"],
+                 result["num_tokens"])
+    for s in samples:
+      logging.info("  sample: %s", s.replace("\n", " / "))
+    self.last_valid, self.samples = result, samples
+
+  # ---------------------------------------------------------------- output
+  def check_loss(self, loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f"loss is {loss} at step {step}; stopping. The last good checkpoint "
+          f"({self.checkpointer.latest or 'none'}) is kept; lower --config.optim.learning_rate "
+          "or set --config.optim.clip_norm and run again")
+
+  def log_progress(self, step: int, loss: float, learning_rate: float, grad_norm: float,
+                   perf: dict, eta_secs: float) -> None:
+    self.writers.scalars("train", step, {
+        "train/loss": loss, "train/perplexity": perplexity(loss),
+        "optim/learning_rate": learning_rate, "optim/grad_norm": grad_norm, **perf})
+    logging.info("step %d/%d | loss %.3f | ppl %.1f | lr %.3g | %.0f words/s | %.3f s/step | "
+                 "%s left", step, self.total_steps, loss, perplexity(loss), learning_rate,
+                 perf["perf/words_per_sec"], perf["perf/step_secs"], format_duration(eta_secs))
+
+  def finish(self, step: int, words_per_sec: float | None, save_state_rows=None) -> dict:
+    """Final validation (before saving: it checks for divergence), save, test, results.json."""
+    if self.total_steps > self.start or self.last_valid is None:
+      self.evaluate_and_sample(step)
+    if step > self.start or not self.checkpointer.latest:
+      self.save(step, save_state_rows() if save_state_rows else None)
+    test = self.evaluator.perplexity(self.corpus.token_ids("test", self.vocab),
+                                     self.config.eval.max_tokens)
+    self.writers.scalars("eval", step, {"eval/test_perplexity": test["perplexity"]})
+    self.writers.flush()
+    results = {"step": step, "valid_perplexity": self.last_valid["perplexity"],
+               "test_perplexity": test["perplexity"], "test_tokens": test["num_tokens"],
+               "parameters": self.n_params, "samples": self.samples,
+               "words_per_sec": words_per_sec}
+    self.checkpointer.close()
+    if self.is_chief:
+      tmp = os.path.join(self.workdir, RESULTS_FILE + ".tmp")
+      with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+      os.replace(tmp, os.path.join(self.workdir, RESULTS_FILE))
+    logging.info("step %d: test perplexity %.2f (%d tokens)", step, test["perplexity"],
+                 test["num_tokens"])
+    return results
