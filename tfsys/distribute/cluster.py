@@ -95,6 +95,8 @@ def check_port_free(address: str) -> None:
   """Fails clearly if this task's own port is taken (TensorFlow would fail obscurely)."""
   _, port = _split(address)
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    # As gRPC binds: a port left in TIME_WAIT by a killed predecessor is reusable at once.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
       s.bind(("", port))
     except OSError:

@@ -533,7 +533,9 @@ class SyncWorker(_Worker):
   def _next_token(self) -> int:
     def on_wait(secs):
       self._check_chief(secs)
-    return int(_patiently(self._take_token, 5.0, on_wait))
+    token = int(_patiently(self._take_token, 1.0, on_wait))
+    self._chief_seen = time.monotonic()   # a new step: the chief was alive a moment ago
+    return token
 
   def train(self) -> None:
     if self.s.started():

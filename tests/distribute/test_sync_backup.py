@@ -1,0 +1,245 @@
+"""Synchronous SGD with backup workers and asynchronous SGD on parameter servers, with real
+processes on 127.0.0.1: semantics (first N used, late ones dropped, never applied), a worker
+killed and restarted, the chief dying, the whole cluster relaunched, and bad cluster input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from tfsys.distribute.launch import cluster_spec
+from tfsys.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = [os.path.join(ROOT, "scripts", "train.py"),
+         f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke", "--config.eval.max_tokens=100"]
+SYNC = ["--config.distribute.backend=sync_backup", "--config.distribute.replicas_to_aggregate=2",
+        "--config.distribute.total_num_replicas=3"]
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "sync_steps.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _scalars(workdir, tag):
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "train"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  if tag not in acc.Tags()["tensors"]:
+    return np.array([])
+  return np.array([float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)])
+
+
+def test_late_gradients_are_dropped_and_never_applied(tmp_path):
+  """N=2 of 3 workers on 2 ps tasks (variables split by rows); worker 0 is 0.4 s late every
+  step, so every step is made of workers 1 and 2 and worker 0's gradients are dropped."""
+  workdir = str(tmp_path / "run")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=2",
+       "--num_workers=3", "--", *TRAIN, f"--workdir={workdir}", *SYNC,
+       "--config.train.num_steps=20", "--config.distribute.shard_min_rows=100",
+       "--config.distribute.straggler.workers=0", "--config.distribute.straggler.base_ms=400"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout[-4000:]
+  records = _records(workdir)
+  assert [r["step"] for r in records] == list(range(1, 21))
+  assert all(len(r["used"]) == 2 for r in records)
+  # Once every worker has traced its step (its first gradient takes seconds, varying with the
+  # start-up order), worker 0 is always late: never used, the only one dropped.
+  settled = records[5:]
+  assert all(r["used"] == [1, 2] for r in settled)
+  late = [w for r in settled for w, _ in r["dropped"]]
+  assert late and set(late) == {0}
+  dropped = [w for r in records for w, _ in r["dropped"]]
+  for r in records:  # each late gradient was computed for a step already applied without it
+    assert all(t < r["step"] - 1 for _, t in r["dropped"])
+    # What was applied is the average of exactly the committed gradients of the used workers:
+    # fingerprints are linear, so a stale, mixed or partial gradient would not match.
+    mean = np.mean([r["fingerprints"][str(w)] for w in r["used"]])
+    assert r["applied"] == pytest.approx(mean, rel=1e-4, abs=1e-5)
+  assert list(_scalars(workdir, "sync/gradients_used")) == [2.0] * 20
+  assert _scalars(workdir, "sync/gradients_dropped").sum() == len(dropped)
+  assert _scalars(workdir, "sync/dropped_by/worker0")[-1] == dropped.count(0)
+  assert _scalars(workdir, "sync/used_by/worker0")[-1] == sum(0 in r["used"] for r in records)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "eval", "logs",
+                                         "results.json", "sync_steps.jsonl", "train", "vocab.txt"]
+  # The checkpoint is read by the evaluation script exactly like one from `single`.
+  ev = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
+                       f"--workdir={workdir}", "--split=valid"],
+                      capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert ev.returncode == 0 and "perplexity" in ev.stdout, ev.stderr[-2000:]
+
+
+class _Tasks:
+  """The tasks of one cluster as separate processes, started and killed one by one."""
+
+  def __init__(self, spec, command, log_dir):
+    self.spec, self.command, self.log_dir = spec, command, log_dir
+    self.procs = {}
+    os.makedirs(log_dir, exist_ok=True)
+
+  def start(self, job, index, tag=""):
+    name = f"{job}{index}"
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": self.spec,
+                                                  "task": {"type": job, "index": index}}))
+    log = open(os.path.join(self.log_dir, f"{name}{tag}.log"), "w", encoding="utf-8")  # noqa: SIM115
+    self.procs[name] = subprocess.Popen([sys.executable, *self.command], env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    return self.procs[name]
+
+  def log(self, name, tag=""):
+    with open(os.path.join(self.log_dir, f"{name}{tag}.log"), encoding="utf-8") as f:
+      return f.read()
+
+  def kill(self, name):
+    proc = self.procs[name]
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+  def kill_all(self):
+    for name in list(self.procs):
+      self.kill(name)
+
+
+def _wait(condition, timeout, what):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    time.sleep(0.2)
+
+
+def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
+  workdir = str(tmp_path / "run")
+  settings = [*TRAIN, f"--workdir={workdir}", *SYNC, "--config.train.checkpoint_every=25",
+              "--config.eval.every_steps=100000", "--config.distribute.chief_timeout_secs=3"]
+  tasks = _Tasks(cluster_spec(num_workers=3, num_ps=1),
+                 [*settings, "--config.train.num_steps=100000"], str(tmp_path / "logs"))
+  tasks2 = None
+  steps = lambda: _records(workdir) if os.path.exists(os.path.join(workdir, "sync_steps.jsonl")) else []
+  try:
+    for job, n in (("ps", 1), ("chief", 1), ("worker", 3)):
+      for i in range(n):
+        tasks.start(job, i)
+    # The chief flushes its step record with every checkpoint (every 25 steps).
+    _wait(lambda: len(steps()) >= 25, 120, "25 steps")
+    tasks.kill("worker1")
+    killed_at = len(steps())
+    # With b = 1 training goes on without worker1 ...
+    _wait(lambda: len(steps()) >= killed_at + 50, 120, "50 steps without worker1")
+    after = steps()[killed_at + 5:]
+    assert after and all(1 not in r["used"] and len(r["used"]) == 2 for r in after)
+    # ... and a restarted worker1 joins the current step and contributes again.
+    tasks.start("worker", 1, tag="_restarted")
+    restarted_at = len(steps())
+    _wait(lambda: any(1 in r["used"] for r in steps()[restarted_at:]), 120, "worker1 to rejoin")
+    assert "joining at step" in tasks.log("worker1", "_restarted")
+
+    # The chief dies: every worker exits by itself within the bound, saying why.
+    tasks.kill("chief0")
+    t0 = time.monotonic()
+    for name in ("worker0", "worker1", "worker2"):
+      assert tasks.procs[name].wait(timeout=60) == 3
+    assert time.monotonic() - t0 < 30
+    assert "the chief (" in tasks.log("worker0") and "has been gone" in tasks.log("worker0")
+    tasks.kill_all()
+
+    # The whole cluster relaunched resumes from the chief's last checkpoint.
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    saved = int(state.model_checkpoint_path.rsplit("-", 1)[1])
+    tasks2 = _Tasks(cluster_spec(num_workers=3, num_ps=1),
+                    [*settings, f"--config.train.num_steps={saved + 10}"], str(tmp_path / "logs2"))
+    for job, n in (("ps", 1), ("chief", 1), ("worker", 3)):
+      for i in range(n):
+        tasks2.start(job, i)
+    assert tasks2.procs["chief0"].wait(timeout=180) == 0, tasks2.log("chief0")[-3000:]
+    log = tasks2.log("chief0")
+    assert f"resuming at step {saved} from" in log and f"step {saved + 10}/{saved + 10}" in log
+    for name in ("worker0", "worker1", "worker2"):
+      assert tasks2.procs[name].wait(timeout=60) == 0
+  finally:
+    tasks.kill_all()
+    if tasks2:
+      tasks2.kill_all()
+
+
+def test_without_backups_the_chief_waits_and_says_for_whom(tmp_path):
+  workdir = str(tmp_path / "run")
+  spec = cluster_spec(num_workers=2, num_ps=1)
+  command = [*TRAIN, f"--workdir={workdir}", "--config.distribute.backend=sync_backup",
+             "--config.distribute.replicas_to_aggregate=2",
+             "--config.distribute.total_num_replicas=2", "--config.train.num_steps=10",
+             "--config.distribute.wait_log_secs=2"]
+  tasks = _Tasks(spec, command, str(tmp_path / "logs"))
+  try:
+    for job, i in (("ps", 0), ("chief", 0), ("worker", 0)):
+      tasks.start(job, i)
+    _wait(lambda: "waiting for worker1" in tasks.log("chief0"), 120, "the chief to name worker1")
+    assert not os.path.exists(os.path.join(workdir, "sync_steps.jsonl")) or not _records(workdir)
+    tasks.start("worker", 1)                   # it arrives late: training proceeds
+    assert tasks.procs["chief0"].wait(timeout=120) == 0, tasks.log("chief0")[-3000:]
+    assert all(r["used"] == [0, 1] for r in _records(workdir))
+  finally:
+    tasks.kill_all()
+
+
+def test_async_ps_trains_with_every_worker_applying(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
+       "--num_workers=2", "--", *TRAIN, f"--workdir={workdir}",
+       "--config.distribute.backend=async_ps", "--config.train.num_steps=60",
+       # Worker 0 takes >= 0.2 s per update, so worker 1 is up before training can end.
+       "--config.distribute.straggler.workers=0", "--config.distribute.straggler.base_ms=200"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stdout[-4000:]
+  results = json.load(open(os.path.join(workdir, "results.json")))  # noqa: SIM115
+  assert results["step"] == 60 and np.isfinite(results["test_perplexity"])
+  applied = [_scalars(workdir, f"async/applied_by/worker{w}") for w in (0, 1)]
+  assert all(len(a) for a in applied), "a worker applied no update"
+  assert sum(a[-1] for a in applied) <= 60 and applied[1][-1] > applied[0][-1]
+  loss = _scalars(workdir, "train/loss")
+  assert loss[-1] < loss[0]
+
+
+# ---------------------------------------------------------------- bad cluster input
+def _backend(monkeypatch, cluster, task, **distribute):
+  import configs.common
+  from tfsys.distribute.backends import make_backend
+  c = configs.common.base_config().distribute
+  c.backend = "sync_backup"
+  c.startup_timeout_secs = 1.0
+  for k, v in distribute.items():
+    c[k] = v
+  monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+  return make_backend(c)
+
+
+@pytest.mark.parametrize("distribute, cluster, message", [
+    ({"replicas_to_aggregate": 0}, None, "replicas_to_aggregate must be >= 1"),
+    ({"replicas_to_aggregate": 3, "total_num_replicas": 2}, None, "smaller than replicas_to_aggregate"),
+    ({"replicas_to_aggregate": 2, "total_num_replicas": 3}, None, "has 2 worker task(s)"),
+    ({}, {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}, "it has no ps job"),
+])
+def test_bad_sync_backup_settings(monkeypatch, distribute, cluster, message):
+  cluster = cluster or {"ps": ["127.0.0.1:1"], "chief": ["127.0.0.1:2"],
+                        "worker": ["127.0.0.1:3", "127.0.0.1:4"]}
+  settings = {"replicas_to_aggregate": 2, "total_num_replicas": 2, **distribute}
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    _backend(monkeypatch, cluster, {"type": "worker", "index": 0}, **settings)
+
+
+def test_a_ps_that_never_comes_up_is_named(monkeypatch):
+  from tfsys.distribute.launch import free_ports
+  ps, chief, worker = free_ports(3)
+  cluster = {"ps": [f"127.0.0.1:{ps}"], "chief": [f"127.0.0.1:{chief}"],
+             "worker": [f"127.0.0.1:{worker}"]}
+  with pytest.raises(UserError, match=rf"ps0 \(127.0.0.1:{ps}\) did not come up within 1 s"):
+    _backend(monkeypatch, cluster, {"type": "worker", "index": 0})
