@@ -38,14 +38,14 @@ def _scalars(workdir, tag):
 
 
 def test_late_gradients_are_dropped_and_never_applied(tmp_path):
-  """N=2 of 3 workers on 2 ps tasks (variables split by rows); worker 0 is 0.4 s late every
+  """N=2 of 3 workers on 2 ps tasks (variables split by rows); worker 0 is >= 0.4 s late every
   step, so every step is made of workers 1 and 2 and worker 0's gradients are dropped."""
   workdir = str(tmp_path / "run")
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=2",
        "--num_workers=3", "--", *TRAIN, f"--workdir={workdir}", *SYNC,
        "--config.train.num_steps=20", "--config.distribute.shard_min_rows=100",
-       "--config.distribute.straggler.workers=0", "--config.distribute.straggler.base_ms=400"],
+       "--config.distribute.straggler.workers=0", "--config.distribute.straggler.scale_ms=400"],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-4000:]
   records = _records(workdir)
@@ -55,11 +55,12 @@ def test_late_gradients_are_dropped_and_never_applied(tmp_path):
   # start-up order), worker 0 is always late: never used, the only one dropped.
   settled = records[5:]
   assert all(r["used"] == [1, 2] for r in settled)
-  late = [w for r in settled for w, _ in r["dropped"]]
+  late = [w for r in settled for w, _, _ in r["dropped"]]
   assert late and set(late) == {0}
-  dropped = [w for r in records for w, _ in r["dropped"]]
+  assert all(secs >= 0.4 for r in settled for _, _, secs in r["dropped"])
+  dropped = [w for r in records for w, _, _ in r["dropped"]]
   for r in records:  # each late gradient was computed for a step already applied without it
-    assert all(t < r["step"] - 1 for _, t in r["dropped"])
+    assert all(t < r["step"] - 1 for _, t, _ in r["dropped"])
     # What was applied is the average of exactly the committed gradients of the used workers:
     # fingerprints are linear, so a stale, mixed or partial gradient would not match.
     mean = np.mean([r["fingerprints"][str(w)] for w in r["used"]])
@@ -197,14 +198,15 @@ def test_async_ps_trains_with_every_worker_applying(tmp_path):
        "--num_workers=2", "--", *TRAIN, f"--workdir={workdir}",
        "--config.distribute.backend=async_ps", "--config.train.num_steps=60",
        # Worker 0 takes >= 0.2 s per update, so worker 1 is up before training can end.
-       "--config.distribute.straggler.workers=0", "--config.distribute.straggler.base_ms=200"],
+       "--config.distribute.straggler.workers=0", "--config.distribute.straggler.scale_ms=200"],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-4000:]
   results = json.load(open(os.path.join(workdir, "results.json")))  # noqa: SIM115
   assert results["step"] == 60 and np.isfinite(results["test_perplexity"])
   applied = [_scalars(workdir, f"async/applied_by/worker{w}") for w in (0, 1)]
   assert all(len(a) for a in applied), "a worker applied no update"
-  assert sum(a[-1] for a in applied) <= 60 and applied[1][-1] > applied[0][-1]
+  # Updates in flight when the step reaches 60 still land: at most one per other worker.
+  assert sum(a[-1] for a in applied) <= 60 + 1 and applied[1][-1] > applied[0][-1]
   loss = _scalars(workdir, "train/loss")
   assert loss[-1] < loss[0]
 

@@ -17,6 +17,7 @@ parameter-server backends run the same model step split between chief and worker
 import dataclasses
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from tfsys.distribute import cluster as cluster_lib
 from tfsys.errors import UserError
@@ -151,12 +152,11 @@ def _ps_backend(c) -> Backend:
     cluster_lib.wait_for(ps_tasks, c.startup_timeout_secs, cluster.name)
     spec = tf.train.ClusterSpec({"ps": cluster.jobs["ps"],
                                  cluster.task_type: {cluster.task_index: cluster.address}})
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("WARNING")   # connect_to_cluster logs its whole session config at INFO
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # it logs its whole session config at INFO
     try:
       tf.config.experimental_connect_to_cluster(spec, job_name=cluster.task_type,
                                                 task_index=cluster.task_index)
     finally:
-      logger.setLevel(level)
+      absl_logging.set_verbosity(level)
   return Backend(tf.distribute.get_strategy(), cluster, ps)

@@ -46,10 +46,6 @@ def shared_variable(shared_name: str, shape, dtype, device: str) -> tf.Variable:
   return _SharedVariable(shared_name, shape, dtype, device)
 
 
-def is_initialized(variable: tf.Variable) -> bool:
-  return bool(gen_resource_variable_ops.var_is_initialized_op(variable.handle))
-
-
 def _shard_rows(rows: int, parts: int) -> list[tuple[int, int]]:
   bounds = np.linspace(0, rows, parts + 1).round().astype(int)
   return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -91,9 +87,6 @@ class ShardedStore:
     return [(k, lo, hi, var) for k, pieces in enumerate(self.pieces)
             for (i, lo, hi, var) in pieces if i == j]
 
-  def initialized(self) -> bool:
-    return all(is_initialized(var) for pieces in self.pieces for *_, var in pieces)
-
   def push(self, values) -> None:
     """Writes values (tensors or local variables, one per stored variable) to the shards."""
     for pieces, value in zip(self.pieces, values):
@@ -121,12 +114,23 @@ def token_queue(worker: int, device: str):
                                   shared_name=f"{PREFIX}tokens/{worker}")
 
 
+def started_queue(device: str):
+  """Holds one element once the chief has put the run's state on the ps tasks.
+
+  Workers test its size instead of whether a variable is initialised: a queue is created
+  atomically by its handle op, while looking up a variable the chief is creating at that moment
+  crashed a ps task (seen once in the async_ps test)."""
+  with tf.init_scope(), tf.device(device):
+    return tf.raw_ops.FIFOQueueV2(component_types=[tf.int64], shapes=[[]], capacity=-1,
+                                  shared_name=f"{PREFIX}started")
+
+
 COMMIT_TYPES = [tf.int64, tf.int64, tf.float32, tf.float32, tf.float32]
 
 
 def commit_queue(device: str):
-  """(worker, step, loss, tokens, fingerprint): "my gradient for `step` is in my buffers", in
-  arrival order."""
+  """(worker, step, loss, compute secs, fingerprint): "my gradient for `step` is in my buffers",
+  in arrival order."""
   with tf.init_scope(), tf.device(device):
     return tf.raw_ops.FIFOQueueV2(component_types=COMMIT_TYPES, shapes=[[]] * 5, capacity=-1,
                                   shared_name=f"{PREFIX}commits")

@@ -9,7 +9,7 @@ all addressing the same state by name (tfsys/distribute/ps.py):
   grads/<w>/<j>             worker w's latest gradient, the part for ps j (sync_backup)
   global_step               on ps 0
   tokens/<w>                worker w's queue of steps to compute (sync_backup)
-  commits                   (worker, step, loss, tokens, fingerprint) in arrival order, on ps 0
+  commits                   (worker, step, loss, compute secs, fingerprint) in arrival order
 
 sync_backup, one step t (TF1's SyncReplicasOptimizer semantics):
   worker  takes the newest token t (older ones are skipped: a late worker jumps ahead), reads
@@ -49,8 +49,9 @@ from tfsys.train.evaluate import _reset
 from tfsys.train.run import Run
 
 # sync_backup: one JSON line per applied step, from the chief: the workers used (with each one's
-# gradient fingerprint), the gradients dropped as [worker, the step they were computed for], the
-# step's seconds and the fingerprint of the averaged gradient that was applied.
+# gradient fingerprint and compute seconds), the gradients dropped as [worker, the step they were
+# computed for, compute seconds], the step's seconds and the fingerprint of the averaged gradient
+# that was applied.
 STEP_RECORD = "sync_steps.jsonl"
 
 
@@ -86,7 +87,8 @@ def serve(backend) -> None:
 
 
 class Straggler:
-  """Injected delay of one worker: base_ms, plus with `probability` a Pareto(scale_ms, shape)."""
+  """Injected delay of one worker: compute_ms, plus for a chosen worker with `probability` a
+  heavy-tailed scale_ms * (1 + Pareto(shape)) (the delays of Chen et al.'s Fig. 2 are)."""
 
   def __init__(self, c, worker: int, seed: int):
     spec = c.workers.strip()
@@ -95,17 +97,15 @@ class Straggler:
     except ValueError:
       raise UserError(f"--config.distribute.straggler.workers must be '', 'all' or worker "
                       f"indices like '0,2', got {spec!r}") from None
-    if c.scale_ms < 0 or c.base_ms < 0 or c.shape <= 0 or not 0 <= c.probability <= 1:
-      raise UserError("--config.distribute.straggler needs base_ms, scale_ms >= 0, shape > 0 "
+    if c.scale_ms < 0 or c.compute_ms < 0 or c.shape <= 0 or not 0 <= c.probability <= 1:
+      raise UserError("--config.distribute.straggler needs compute_ms, scale_ms >= 0, shape > 0 "
                       "and probability in [0, 1]")
     self.c, self.chosen = c, chosen
     self.rng = np.random.default_rng([seed, worker])
 
   def delay_secs(self) -> float:
-    if not self.chosen:
-      return 0.0
-    ms = self.c.base_ms
-    if self.c.scale_ms and self.rng.random() < self.c.probability:
+    ms = self.c.compute_ms
+    if self.chosen and self.c.scale_ms and self.rng.random() < self.c.probability:
       ms += self.c.scale_ms * (1.0 + self.rng.pareto(self.c.shape))
     return ms / 1e3
 
@@ -124,6 +124,7 @@ class SharedState:
     self.global_step = ps_lib.shared_variable("global_step", [], tf.int64, devices[0])
     self.lr_decay = ps_lib.shared_variable("lr_decay", [], tf.float32, devices[0])
     self.commits = ps_lib.commit_queue(devices[0])
+    self.started_queue = ps_lib.started_queue(devices[0])
     # Per ps task j: the pieces it holds as (variable index, piece index, elements, shard).
     self.layout = [[] for _ in devices]
     for k, pieces in enumerate(self.params.pieces):
@@ -131,6 +132,8 @@ class SharedState:
         self.layout[j].append((k, p, var.shape.num_elements(), var))
     self.sizes = [sum(n for _, _, n, _ in pieces) for pieces in self.layout]
     if ps.kind == "sync_backup":
+      # The step of each worker's latest commit: whom a waiting chief is waiting for.
+      self.committed = ps_lib.shared_variable("committed", [ps.num_workers], tf.int64, devices[0])
       self.tokens = [ps_lib.token_queue(w, devices[0]) for w in range(ps.num_workers)]
       self.buffers = [[ps_lib.shared_variable(f"grads/{w}/{j}", [max(n, 1)], tf.float32, devices[j])
                        for j, n in enumerate(self.sizes)] for w in range(ps.num_workers)]
@@ -152,7 +155,7 @@ class SharedState:
 
   def apply(self, flats, learning_rate, t):
     """Clips the flat gradients by their global norm and applies the optimizer on every shard,
-    each on its own ps task. Returns the norm before clipping."""
+    each on its own ps task. Returns the norm before clipping and the updates (to order after)."""
     opt, clip = self.r.optimizer, self.r.config.optim.clip_norm
     sq = []
     for j, flat in enumerate(flats):
@@ -160,6 +163,7 @@ class SharedState:
         sq.append(tf.reduce_sum(tf.square(flat)))
     norm = tf.sqrt(tf.add_n(sq))
     scale = clip / tf.maximum(norm, clip) if clip else tf.constant(1.0)
+    updates = []
     for j, pieces in enumerate(self.layout):
       with tf.device(self.devices[j]):
         offset = 0
@@ -167,8 +171,8 @@ class SharedState:
           g = tf.reshape(flats[j][offset:offset + n], var.shape) * scale
           offset += n
           slots = [self.slots[name].pieces[k][p][3] for name in opt.slot_names]
-          opt._update(var, g, learning_rate, t, *slots)  # pylint: disable=protected-access
-    return norm
+          updates.append(opt._update(var, g, learning_rate, t, *slots))  # pylint: disable=protected-access
+    return norm, updates
 
   def fingerprint(self, flats):
     """r·g for a fixed random vector r: a linear fingerprint of a gradient, so that the
@@ -184,8 +188,19 @@ class SharedState:
   def read_step(self):
     return tf.identity(self.global_step)
 
+  @tf.function
+  def _started_size(self):
+    with tf.device(self.devices[0]):
+      return tf.raw_ops.QueueSizeV2(handle=self.started_queue)
+
   def started(self) -> bool:
-    return ps_lib.is_initialized(self.global_step)
+    """Whether the chief has put the run's state on the ps tasks."""
+    return int(self._started_size()) > 0
+
+  def mark_started(self) -> None:
+    with tf.device(self.devices[0]):
+      if int(self._started_size()) == 0:
+        tf.raw_ops.QueueEnqueueV2(handle=self.started_queue, components=[tf.constant(1, tf.int64)])
 
 
 def _patiently(fn, every_secs: float, on_wait):
@@ -228,14 +243,18 @@ class SyncChief:
     W = self.num_workers
 
     @tf.function
-    def take_commit():
+    def take_commits(n):
+      """The next n commits (blocks until there are n)."""
       with tf.device(s.devices[0]):
-        return tf.raw_ops.QueueDequeueV2(handle=s.commits, component_types=ps_lib.COMMIT_TYPES)
+        return tf.raw_ops.QueueDequeueManyV2(handle=s.commits, n=n,
+                                             component_types=ps_lib.COMMIT_TYPES)
 
     @tf.function
-    def apply(mask):
-      """mask[w] = 1 for the workers used; returns (grad norm, lr, Σ_used |g_w|², |mean g|²,
-      fingerprint of the mean gradient applied)."""
+    def apply_and_publish(mask):
+      """Applies the average of the gradients of the workers with mask[w] = 1, then increments
+      global_step, then puts the new step on every token queue: no worker can read parameters
+      of a half-applied step. Returns (grad norm, lr, Σ_used |g_w|², |mean g|², fingerprint of
+      the mean gradient applied)."""
       used = tf.reduce_sum(mask)
       flats, small = [], []
       for j in range(len(s.devices)):
@@ -245,21 +264,19 @@ class SyncChief:
           small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(bufs[w])) for w in range(W)]))
       big_sq = tf.add_n([tf.reduce_sum(tf.square(f)) for f in flats])
       rate = r.learning_rate(r.step_var)
-      norm = s.apply(flats, rate, tf.cast(opt.iterations + 1, tf.float32))
+      norm, updates = s.apply(flats, rate, tf.cast(opt.iterations + 1, tf.float32))
+      fingerprint = s.fingerprint(flats)
+      with tf.control_dependencies(updates):
+        with tf.device(s.devices[0]):
+          inc = s.global_step.assign_add(1, read_value=False)
+      with tf.control_dependencies([inc]):
+        with tf.device(s.devices[0]):
+          new = s.global_step.read_value()
+          for q in s.tokens:
+            tf.raw_ops.QueueEnqueueV2(handle=q, components=[new])
       opt.iterations.assign_add(1)
       r.step_var.assign_add(1)
-      return norm, rate, tf.add_n(small), big_sq, s.fingerprint(flats)
-
-    @tf.function
-    def publish():
-      """global_step += 1, then the new step on every token queue (after apply() returned)."""
-      with tf.device(s.devices[0]):
-        inc = s.global_step.assign_add(1, read_value=False)
-        with tf.control_dependencies([inc]):
-          new = s.global_step.read_value()
-        for q in s.tokens:
-          tf.raw_ops.QueueEnqueueV2(handle=q, components=[new])
-      return new
+      return norm, rate, tf.add_n(small), big_sq, fingerprint
 
     @tf.function
     def drain():
@@ -285,7 +302,7 @@ class SyncChief:
         for q in s.tokens:
           tf.raw_ops.QueueCloseV2(handle=q, cancel_pending_enqueues=True)
 
-    self._take_commit, self._apply, self._publish = take_commit, apply, publish
+    self._take_commits, self._apply_and_publish = take_commits, apply_and_publish
     self._drain, self._first_tokens, self._close = drain, first_tokens, close
 
   def _initialise_ps(self) -> None:
@@ -298,8 +315,10 @@ class SyncChief:
       for j, n in enumerate(s.sizes):
         s.buffers[w][j].assign(tf.zeros([max(n, 1)]))
     s.lr_decay.assign(r.learning_rate.decay)
+    s.committed.assign(tf.fill([self.num_workers], tf.constant(-1, tf.int64)))
     self._drain()
     s.global_step.assign(r.start)
+    s.mark_started()
     self._first_tokens(tf.constant(r.start, tf.int64))
     logging.info("[chief] state on %d ps task(s) (%s MB each); N=%d of %d workers per step",
                  len(s.devices), "/".join(f"{b / 2**20:.1f}" for b in s.params.bytes_per_ps),
@@ -308,22 +327,24 @@ class SyncChief:
   def _collect(self, step: int):
     """Commits in arrival order until N distinct workers have one for `step`.
 
-    Returns ({worker: (loss, fingerprint)}, [(worker, step of its gradient)] of dropped ones).
+    Returns ({worker: (loss, fingerprint, secs)}, [(worker, step of its gradient, secs)] of the
+    dropped ones).
     """
     used, dropped = {}, []
     while len(used) < self.n:
       def on_wait(secs):
-        missing = [f"worker{w}" for w in range(self.num_workers) if w not in used]
-        logging.warning("[chief] step %d: waited %.0f s for gradients: %d of %d in%s; waiting for "
-                        "%s", step + 1, secs, len(used), self.n,
-                        f" (from {', '.join(f'worker{w}' for w in sorted(used))})" if used else "",
+        committed = self.s.committed.numpy()
+        missing = [f"worker{w}" for w in range(self.num_workers) if committed[w] < step]
+        logging.warning("[chief] step %d: waited %.0f s for gradients: %d of %d in; waiting for "
+                        "%s", step + 1, secs, self.num_workers - len(missing), self.n,
                         ", ".join(missing))
-      w, t, loss, _, fingerprint = _patiently(self._take_commit, self.wait_log_secs, on_wait)
-      w, t = int(w), int(t)
-      if t == step and w not in used:
-        used[w] = (float(loss), float(fingerprint))
-      elif t != step:
-        dropped.append((w, t))
+      needed = tf.constant(self.n - len(used), tf.int32)
+      commits = _patiently(lambda: self._take_commits(needed), self.wait_log_secs, on_wait)
+      for w, t, loss, secs, fingerprint in zip(*(c.numpy().tolist() for c in commits)):
+        if t == step and w not in used:
+          used[w] = (loss, fingerprint, round(secs, 4))
+        elif t != step:
+          dropped.append((w, t, round(secs, 4)))
     return used, dropped
 
   def train(self) -> dict:
@@ -348,22 +369,22 @@ class SyncChief:
         used, dropped = self._collect(step)
         mask = np.zeros(W, np.float32)
         mask[list(used)] = 1.0
-        norm, rate, small_sq, big_sq, applied = self._apply(tf.constant(mask))
-        self._publish()
+        norm, rate, small_sq, big_sq, applied = self._apply_and_publish(tf.constant(mask))
         step += 1
         now = time.perf_counter()
         step_secs, t_prev = now - t_prev, now
         record.write(json.dumps({
             "step": step, "used": sorted(used), "dropped": dropped, "secs": round(step_secs, 4),
-            "fingerprints": {str(w): fp for w, (_, fp) in sorted(used.items())},
+            "fingerprints": {str(w): fp for w, (_, fp, _) in sorted(used.items())},
+            "compute_secs": {str(w): secs for w, (_, _, secs) in sorted(used.items())},
             "applied": float(applied)}) + "\n")
-        loss = float(np.mean([loss for loss, _ in used.values()]))
+        loss = float(np.mean([loss for loss, _, _ in used.values()]))
         r.check_loss(loss, step)
         losses.append(loss)
         throughput.add(r.words_per_step)
         for w in used:
           used_by[w] += 1
-        for w, t in dropped:
+        for w, t, _ in dropped:
           dropped_by[w] += 1
           staleness.append(step - 1 - t)
         writers.scalars("train", step, {"sync/gradients_used": len(used),
@@ -372,7 +393,7 @@ class SyncChief:
         if step % self.log_workers_every == 0 or step == r.start + 1:
           logging.info("[chief] step %d used %s%s", step,
                        ", ".join(f"worker{w}" for w in sorted(used)),
-                       f"; dropped {', '.join(f'worker{w} (step {t + 1})' for w, t in dropped)}"
+                       f"; dropped {', '.join(f'worker{w} (step {t + 1})' for w, t, _ in dropped)}"
                        if dropped else "")
         if step % config.train.log_every == 0 or step == r.total_steps:
           perf = throughput.report(step)
@@ -456,7 +477,7 @@ class _Worker:
         loss, metrics, new_state = model.loss(batch, state, training=True)
         scaled = loss * pts
       grads = tape.gradient(scaled, variables)
-      return s.flatten(grads), loss, metrics["num_tokens"], new_state
+      return s.flatten(grads), loss, new_state
 
     self._pull, self._compute = pull, compute
     self._iterator, self._data_step, self._state = None, None, None
@@ -470,13 +491,16 @@ class _Worker:
     self._data_step = step + 1
     return next(self._iterator)
 
-  def _gradient(self, step: int):
-    self._pull()
-    flats, loss, tokens, self._state = self._compute(self._batch(step), self._state)
+  def _gradient(self, step: int, pull: bool = True):
+    """(flat gradients, loss, seconds this worker took for them, injected delay included)."""
+    t0 = time.perf_counter()
+    if pull:
+      self._pull()
+    flats, loss, self._state = self._compute(self._batch(step), self._state)
     delay = self.straggler.delay_secs()
     if delay:
       time.sleep(delay)
-    return flats, loss, tokens
+    return flats, loss, tf.constant(time.perf_counter() - t0, tf.float32)
 
   def _check_chief(self, waited: float = 0.0) -> None:
     """Exits (status 3) once the chief has not accepted connections for chief_timeout_secs."""
@@ -501,14 +525,21 @@ class SyncWorker(_Worker):
     s, me = shared, self.me
     queue = s.tokens[me]
 
+    variables = r.variables
+
     @tf.function
     def take_token():
-      """Blocks for a token, then skips to the newest one queued (a late worker jumps ahead)."""
+      """Blocks for a token, skips to the newest one queued (a late worker jumps ahead), then
+      reads the parameters of that step (one round trip for both)."""
       with tf.device(s.devices[0]):
         tok = tf.raw_ops.QueueDequeueV2(handle=queue, component_types=[tf.int64])[0]
         rest = tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
                                              component_types=[tf.int64])[0]
-        return tf.reduce_max(tf.concat([[tok], rest], 0))
+        newest = tf.reduce_max(tf.concat([[tok], rest], 0))
+      with tf.control_dependencies([newest]):
+        for k, v in enumerate(variables):
+          v.assign(s.params.read(k))
+      return tf.identity(newest)
 
     @tf.function
     def skip_tokens():
@@ -517,7 +548,7 @@ class SyncWorker(_Worker):
                                       component_types=[tf.int64])
 
     @tf.function
-    def push(flats, step, loss, tokens):
+    def push(flats, step, loss, secs):
       """Writes this worker's gradient to its buffers, then commits it for `step`."""
       fingerprint = s.fingerprint(flats)
       writes = []
@@ -525,8 +556,10 @@ class SyncWorker(_Worker):
         with tf.device(s.devices[j]):
           writes.append(s.buffers[me][j].assign(flat, read_value=False))
       with tf.device(s.devices[0]), tf.control_dependencies(writes):
+        mark = s.committed.scatter_update(tf.IndexedSlices(step[None], tf.constant([me])))
+      with tf.device(s.devices[0]), tf.control_dependencies([mark]):
         tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
-            tf.constant(me, tf.int64), step, loss, tf.cast(tokens, tf.float32), fingerprint])
+            tf.constant(me, tf.int64), step, loss, secs, fingerprint])
 
     self._take_token, self._skip_tokens, self._push = take_token, skip_tokens, push
 
@@ -547,16 +580,17 @@ class SyncWorker(_Worker):
     else:
       logging.info("[%s] waiting for the chief to start", self.name)
       token = self._next_token()
+    pulled = False   # take_token reads the parameters itself; joining does not
     last, pushed = -1, 0
     try:
       while True:
         if token > last:
-          flats, loss, tokens = self._gradient(token)
-          self._push(flats, tf.constant(token, tf.int64), loss, tokens)
+          flats, loss, secs = self._gradient(token, pull=not pulled)
+          self._push(flats, tf.constant(token, tf.int64), loss, secs)
           last, pushed = token, pushed + 1
           if pushed % self.r.config.train.log_every == 0:
             logging.info("[%s] pushed %d gradients, the last for step %d", self.name, pushed, last)
-        token = self._next_token()
+        token, pulled = self._next_token(), True
     except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
       logging.info("[%s] the chief ended training; pushed %d gradients", self.name, pushed)
     except ChiefGoneError as e:
@@ -580,16 +614,16 @@ class AsyncWorker(_Worker):
     s, me = shared, self.me
 
     @tf.function
-    def apply(flats, loss, tokens):
+    def apply(flats, loss, secs):
       r.learning_rate.decay.assign(s.lr_decay)
       with tf.device(s.devices[0]):
         step = s.global_step.read_value()
       rate = r.learning_rate(step)
-      s.apply(flats, rate, tf.cast(step + 1, tf.float32))
-      with tf.device(s.devices[0]):
+      _, updates = s.apply(flats, rate, tf.cast(step + 1, tf.float32))
+      with tf.device(s.devices[0]), tf.control_dependencies(updates):
         new = s.global_step.assign_add(1)
         tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
-            tf.constant(me, tf.int64), new, loss, tf.cast(tokens, tf.float32), tf.constant(0.0)])
+            tf.constant(me, tf.int64), new, loss, secs, tf.constant(0.0)])
       return new
 
     self._apply = apply
@@ -603,9 +637,9 @@ class AsyncWorker(_Worker):
     cursor = step // self.ps.num_workers
     logging.info("[%s] starting at step %d", self.name, step)
     while step < self.r.total_steps:
-      flats, loss, tokens = self._gradient(cursor)
+      flats, loss, secs = self._gradient(cursor)
       cursor += 1
-      step = int(self._apply(flats, loss, tokens))
+      step = int(self._apply(flats, loss, secs))
       applied += 1
       if time.monotonic() - last_check > 2.0:
         try:
@@ -630,6 +664,7 @@ class AsyncChief:
       store.push(r.optimizer.slots[name])
     s.lr_decay.assign(r.learning_rate.decay)
     s.global_step.assign(r.start)
+    s.mark_started()
     logging.info("[chief] state on %d ps task(s); %d asynchronous workers", len(s.devices),
                  s.ps.num_workers)
 
