@@ -69,6 +69,7 @@ def test_late_gradients_are_dropped_and_never_applied(tmp_path):
   assert _scalars(workdir, "sync/gradients_dropped").sum() == len(dropped)
   assert _scalars(workdir, "sync/dropped_by/worker0")[-1] == dropped.count(0)
   assert _scalars(workdir, "sync/used_by/worker0")[-1] == sum(0 in r["used"] for r in records)
+  assert (_scalars(workdir, "sync/staleness/worker0") >= 1).all()
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "eval", "logs",
                                          "results.json", "sync_steps.jsonl", "train", "vocab.txt"]
   # The checkpoint is read by the evaluation script exactly like one from `single`.

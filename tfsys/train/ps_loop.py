@@ -386,7 +386,7 @@ class SyncChief:
           used_by[w] += 1
         for w, t, _ in dropped:
           dropped_by[w] += 1
-          staleness.append(step - 1 - t)
+          staleness.append((w, step - 1 - t))   # steps behind when it arrived
         writers.scalars("train", step, {"sync/gradients_used": len(used),
                                         "sync/gradients_dropped": len(dropped),
                                         "sync/step_secs": step_secs})
@@ -405,7 +405,10 @@ class SyncChief:
           writers.scalars("train", step, {
               **{f"sync/used_by/worker{w}": int(used_by[w]) for w in range(W)},
               **{f"sync/dropped_by/worker{w}": int(dropped_by[w]) for w in range(W)},
-              "sync/staleness_mean": float(np.mean(staleness)) if staleness else 0.0})
+              "sync/staleness_mean": float(np.mean([lag for _, lag in staleness]))
+                                     if staleness else 0.0,
+              **{f"sync/staleness/worker{w}": float(np.mean([lag for v, lag in staleness if v == w]))
+                 for w in sorted({v for v, _ in staleness})}})
           staleness = []
         if track_noise and step % noise_every == 0:
           writers.scalars("train", step, noise_scale.update(
