@@ -77,6 +77,10 @@ def test_late_gradients_are_dropped_and_never_applied(tmp_path):
                        f"--workdir={workdir}", "--split=valid"],
                       capture_output=True, text=True, timeout=120, cwd=ROOT)
   assert ev.returncode == 0 and "perplexity" in ev.stdout, ev.stderr[-2000:]
+  sample = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sample.py"),
+                           f"--workdir={workdir}", "--prompt=the", "--num_words=5", "--seed=1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert sample.returncode == 0 and sample.stdout.startswith("the "), sample.stderr[-2000:]
 
 
 class _Tasks:
