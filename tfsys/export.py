@@ -41,6 +41,7 @@ import re
 import tempfile
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from tfsys.data import chars
 from tfsys.errors import UserError
@@ -200,7 +201,12 @@ def export(workdir: str, export_dir: str) -> tuple[str, str]:
   with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
     server = in_process_server(model, vocab, tmp)
     staging = os.path.join(tmp, "model")
-    tf.saved_model.save(server, staging, signatures=server.signatures())
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # one INFO line per renamed graph input
+    try:
+      tf.saved_model.save(server, staging, signatures=server.signatures())
+    finally:
+      absl_logging.set_verbosity(verbosity)
     while True:
       target = os.path.join(export_dir, str(next_version(export_dir)))
       try:

@@ -1,0 +1,153 @@
+"""SavedModel export: the contract seen from a process that imports only TensorFlow, from
+saved_model_cli, and from the scripts' --saved_model; bad inputs; versions never overwritten."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+CLI = os.path.join(os.path.dirname(PY), "saved_model_cli")
+
+# Runs in a fresh interpreter with nothing of ours importable: only TensorFlow.
+ONLY_TF = r"""
+import json, sys
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+assert "tfsys" not in sys.modules and "models" not in sys.modules
+sig = m.signatures
+out = {"signatures": sorted(sig)}
+score = sig["serving_default"](sentences=tf.constant(json.loads(sys.argv[2])))
+out["score"] = {k: v.numpy().tolist() for k, v in score.items()}
+out["empty_batch"] = {k: v.shape.as_list() for k, v in
+                      sig["serving_default"](sentences=tf.constant([], tf.string)).items()}
+long = sig["serving_default"](sentences=tf.constant([" ".join(["the"] * 10000)]))
+out["long"] = [float(long["log_prob"][0]), int(long["num_tokens"][0])]
+gen = lambda p, n, t, s: sig["generate"](prompt=tf.constant(p), max_words=tf.constant(n),
+                                         temperature=tf.constant(t), seed=tf.constant(s))["text"]
+out["generate"] = [t.decode() for t in gen(["the company", ""], 6, 1.0, 3).numpy()]
+out["generate_again"] = [t.decode() for t in gen(["the company", ""], 6, 1.0, 3).numpy()]
+out["greedy"] = gen(["the"], 4, 0.0, 0).numpy()[0].decode()
+out["none"] = [t.decode() for t in gen(["the company"], 0, 1.0, 0).numpy()] + \
+              [t.decode() for t in gen(["the company"], -5, 1.0, 0).numpy()]
+out["empty_generate"] = gen(tf.constant([], tf.string), 3, 1.0, 0).shape.as_list()
+try:
+  gen(["the"], 3, -1.0, 0)
+  out["negative_temperature"] = None
+except tf.errors.InvalidArgumentError as e:
+  out["negative_temperature"] = e.message
+step = sig["step"]
+size = step.structured_input_signature[1]["state"].shape[1]
+s = step(words=tf.constant(["the", "company"]), state=tf.zeros([2, size]))
+out["step"] = {k: v.shape.as_list() for k, v in s.items()}
+out["step_log_probs_sum"] = tf.reduce_sum(tf.exp(s["log_probs"]), axis=1).numpy().tolist()
+out["step_top"] = [w.decode() for w in s["top_words"][0].numpy()]
+try:
+  m.signatures["step"](words=tf.constant(["the"]), state=tf.zeros([1, size + 1]))
+  out["bad_state"] = None
+except (tf.errors.InvalidArgumentError, TypeError) as e:
+  out["bad_state"] = str(e)[:300]
+emb = sig["embed"](words=tf.constant(["the", "zzyzx-unknown", "x" * 300, "\xff"]))["embeddings"]
+out["embed"] = emb.shape.as_list()
+out["embed_finite"] = bool(tf.reduce_all(tf.math.is_finite(emb)))
+assert "tfsys" not in sys.modules and "models" not in sys.modules
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _run(cmd, cwd=ROOT, **kw):
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, **kw)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+  return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """A :smoke model trained for 10 steps and exported twice."""
+  tmp = tmp_path_factory.mktemp("export")
+  workdir, export_dir = str(tmp / "run"), str(tmp / "export")
+  _run([PY, "scripts/train.py", "--config=configs/ptb_char_cnn_lstm.py:smoke",
+        f"--workdir={workdir}", "--config.train.num_steps=10", "--config.eval.max_tokens=200"])
+  _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}"])
+  return workdir, export_dir
+
+
+SENTENCES = ["the company said it expects to report", "", "xyzzy \xff plugh",
+             "a " + "verylongword" * 10]
+
+
+def test_every_signature_from_a_tensorflow_only_process(exported, tmp_path):
+  workdir, export_dir = exported
+  # Copy the export elsewhere: it must not refer back to the workdir or our code.
+  model_dir = str(tmp_path / "1")
+  shutil.copytree(os.path.join(export_dir, "1"), model_dir)
+  env = dict(os.environ, PYTHONPATH="")
+  out = _run([PY, "-c", ONLY_TF, model_dir, json.dumps(SENTENCES)], cwd=str(tmp_path), env=env)
+  got = json.loads(out.split("RESULT", 1)[1])
+  assert got["signatures"] == ["embed", "generate", "serving_default", "step"]
+  score = got["score"]
+  assert score["num_tokens"] == [8, 1, 4, 3]      # words + the sentence end
+  assert all(lp < 0 for lp in score["log_prob"])
+  np.testing.assert_allclose(score["perplexity"],
+                             np.exp(-np.array(score["log_prob"]) / np.array(score["num_tokens"])),
+                             rtol=1e-5)
+  assert got["empty_batch"] == {"log_prob": [0], "num_tokens": [0], "perplexity": [0]}
+  assert got["long"][1] == 10001 and np.isfinite(got["long"][0])
+  assert got["generate"] == got["generate_again"]               # the same seed, the same text
+  assert got["generate"][0].startswith("the company ")
+  assert got["none"] == ["the company", "the company"]           # max_words 0 or negative
+  assert got["empty_generate"] == [0]
+  assert "temperature must be >= 0" in got["negative_temperature"]
+  assert got["step"]["log_probs"][0] == 2 and got["step"]["top_words"] == [2, 10]
+  np.testing.assert_allclose(got["step_log_probs_sum"], [1.0, 1.0], rtol=1e-4)
+  assert got["bad_state"] is not None
+  assert got["embed"][0] == 4 and got["embed_finite"]
+
+  # The same scores and text in process, from the checkpoint (the scripts' own paths).
+  text = tmp_path / "text.txt"
+  text.write_text("\n".join(s for s in SENTENCES if s.split()) + "\n", encoding="utf-8")
+  from_ckpt = _run([PY, "scripts/evaluate.py", f"--workdir={workdir}", f"--text_file={text}",
+                    "--per_sentence"])
+  from_saved = _run([PY, "scripts/evaluate.py", f"--saved_model={model_dir}",
+                     f"--text_file={text}"])
+  ppl = lambda out: float(out.split("perplexity ")[1].split()[0])
+  assert ppl(from_ckpt) == pytest.approx(ppl(from_saved), rel=1e-4)
+  expected = sum(score["log_prob"][k] for k in (0, 2, 3)) / sum(score["num_tokens"][k] for k in (0, 2, 3))
+  assert ppl(from_saved) == pytest.approx(float(np.exp(-expected)), rel=1e-3)
+  sample = lambda *src: _run([PY, "scripts/sample.py", *src, "--prompt=the company",
+                              "--num_words=6", "--seed=3"]).strip()
+  assert sample(f"--workdir={workdir}") == sample(f"--saved_model={model_dir}") == got["generate"][0]
+
+
+def test_saved_model_cli_show_and_run(exported):
+  _, export_dir = exported
+  model_dir = os.path.join(export_dir, "1")
+  shown = _run([CLI, "show", "--dir", model_dir, "--all"])
+  for name in ("serving_default", "generate", "step", "embed", "sentences", "log_prob"):
+    assert name in shown
+  ran = _run([CLI, "run", "--dir", model_dir, "--tag_set", "serve", "--signature_def",
+              "serving_default", "--input_exprs", "sentences=['the company said', 'a b c']"])
+  assert "log_prob" in ran and "perplexity" in ran
+
+
+def test_a_second_export_is_a_new_version(exported):
+  workdir, export_dir = exported
+  first = os.path.join(export_dir, "1", "saved_model.pb")
+  before = os.stat(first).st_mtime_ns
+  out = _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}"])
+  assert f"to {os.path.join(export_dir, '2')}" in out
+  assert sorted(os.listdir(export_dir)) == ["1", "2"]        # no temporary directory left
+  assert os.stat(first).st_mtime_ns == before
+
+
+def test_export_and_saved_model_errors(tmp_path):
+  proc = subprocess.run([PY, "scripts/export.py", f"--workdir={tmp_path}/none",
+                         f"--export_dir={tmp_path}/e"], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode != 0 and "config.json not found" in proc.stderr and "Traceback" not in proc.stderr
+  proc = subprocess.run([PY, "scripts/sample.py", f"--saved_model={tmp_path}"],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode != 0 and "no SavedModel in" in proc.stderr
