@@ -31,7 +31,7 @@ gen = lambda p, n, t, s: sig["generate"](prompt=tf.constant(p), max_words=tf.con
                                          temperature=tf.constant(t), seed=tf.constant(s))["text"]
 out["generate"] = [t.decode() for t in gen(["the company", ""], 6, 1.0, 3).numpy()]
 out["generate_again"] = [t.decode() for t in gen(["the company", ""], 6, 1.0, 3).numpy()]
-out["greedy"] = gen(["the"], 4, 0.0, 0).numpy()[0].decode()
+out["greedy"] = [gen(["the"], 4, 0.0, s).numpy()[0].decode() for s in (0, 99)]
 out["none"] = [t.decode() for t in gen(["the company"], 0, 1.0, 0).numpy()] + \
               [t.decode() for t in gen(["the company"], -5, 1.0, 0).numpy()]
 out["empty_generate"] = gen(tf.constant([], tf.string), 3, 1.0, 0).shape.as_list()
@@ -100,6 +100,8 @@ def test_every_signature_from_a_tensorflow_only_process(exported, tmp_path):
   assert got["generate"] == got["generate_again"]               # the same seed, the same text
   assert got["generate"][0].startswith("the company ")
   assert got["none"] == ["the company", "the company"]           # max_words 0 or negative
+  greedy = got["greedy"]                                         # temperature 0: no randomness
+  assert greedy[0] == greedy[1] and len(greedy[0].split()) >= 2
   assert got["empty_generate"] == [0]
   assert "temperature must be >= 0" in got["negative_temperature"]
   assert got["step"]["log_probs"][0] == 2 and got["step"]["top_words"] == [2, 10]
