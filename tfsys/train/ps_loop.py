@@ -53,6 +53,7 @@ from tfsys.train.run import Run
 # computed for, compute seconds], the step's seconds and the fingerprint of the averaged gradient
 # that was applied.
 STEP_RECORD = "sync_steps.jsonl"
+FINGERPRINT_SIZE = 65536   # elements per ps task a gradient fingerprint looks at
 
 
 def run(config, workdir: str, backend) -> dict | None:
@@ -175,13 +176,17 @@ class SharedState:
     return norm, updates
 
   def fingerprint(self, flats):
-    """r·g for a fixed random vector r: a linear fingerprint of a gradient, so that the
-    fingerprint of an average is the average of the fingerprints (the step record checks it)."""
+    """r·g over a fixed subsample of at most FINGERPRINT_SIZE elements per ps task, r a fixed
+    random vector: linear, so the fingerprint of an average is the average of the fingerprints
+    (the step record checks it), and cheap however large the model."""
     out = []
     for j, flat in enumerate(flats):
       with tf.device(self.devices[j]):
-        r = tf.random.stateless_normal(tf.shape(flat), seed=[20160404, j])
-        out.append(tf.reduce_sum(r * flat))
+        size = self.sizes[j] or 1
+        stride = -(-size // FINGERPRINT_SIZE)
+        sample = flat[::stride]
+        r = tf.random.stateless_normal([-(-size // stride)], seed=[20160404, j])
+        out.append(tf.reduce_sum(r * sample))
     return tf.add_n(out)
 
   @tf.function
@@ -239,7 +244,7 @@ class SyncChief:
     c = r.config.distribute
     self.n, self.num_workers = self.ps.replicas_to_aggregate, self.ps.num_workers
     self.log_workers_every, self.wait_log_secs = c.log_workers_every, c.wait_log_secs
-    s, opt = shared, r.optimizer
+    s = shared
     W = self.num_workers
 
     @tf.function
@@ -250,11 +255,12 @@ class SyncChief:
                                              component_types=ps_lib.COMMIT_TYPES)
 
     @tf.function
-    def apply_and_publish(mask):
+    def apply_and_publish(mask, rate, t):
       """Applies the average of the gradients of the workers with mask[w] = 1, then increments
       global_step, then puts the new step on every token queue: no worker can read parameters
-      of a half-applied step. Returns (grad norm, lr, Σ_used |g_w|², |mean g|², fingerprint of
-      the mean gradient applied)."""
+      of a half-applied step. Returns (grad norm, Σ_used |g_w|², |mean g|², fingerprint of the
+      mean gradient applied). Every op runs on the ps tasks (lr and Adam's t come in as values),
+      which makes this one remote call."""
       used = tf.reduce_sum(mask)
       flats, small = [], []
       for j in range(len(s.devices)):
@@ -263,8 +269,7 @@ class SyncChief:
           flats.append(tf.add_n([mask[w] * bufs[w] for w in range(W)]) / used)
           small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(bufs[w])) for w in range(W)]))
       big_sq = tf.add_n([tf.reduce_sum(tf.square(f)) for f in flats])
-      rate = r.learning_rate(r.step_var)
-      norm, updates = s.apply(flats, rate, tf.cast(opt.iterations + 1, tf.float32))
+      norm, updates = s.apply(flats, rate, t)
       fingerprint = s.fingerprint(flats)
       with tf.control_dependencies(updates):
         with tf.device(s.devices[0]):
@@ -274,9 +279,9 @@ class SyncChief:
           new = s.global_step.read_value()
           for q in s.tokens:
             tf.raw_ops.QueueEnqueueV2(handle=q, components=[new])
-      opt.iterations.assign_add(1)
-      r.step_var.assign_add(1)
-      return norm, rate, tf.add_n(small), big_sq, fingerprint
+      # One small tensor back to the chief instead of four remote handles to fetch one by one.
+      with tf.device(None):
+        return tf.identity(tf.stack([norm, tf.add_n(small), big_sq, fingerprint]))
 
     @tf.function
     def drain():
@@ -369,7 +374,11 @@ class SyncChief:
         used, dropped = self._collect(step)
         mask = np.zeros(W, np.float32)
         mask[list(used)] = 1.0
-        norm, rate, small_sq, big_sq, applied = self._apply_and_publish(tf.constant(mask))
+        rate = r.learning_rate(r.step_var)
+        norm, small_sq, big_sq, applied = self._apply_and_publish(
+            tf.constant(mask), rate, tf.cast(r.optimizer.iterations + 1, tf.float32)).numpy()
+        r.optimizer.iterations.assign_add(1)
+        r.step_var.assign_add(1)
         step += 1
         now = time.perf_counter()
         step_secs, t_prev = now - t_prev, now
