@@ -23,6 +23,9 @@ sig = m.signatures
 out = {"signatures": sorted(sig)}
 score = sig["serving_default"](sentences=tf.constant(json.loads(sys.argv[2])))
 out["score"] = {k: v.numpy().tolist() for k, v in score.items()}
+raw = sig["serving_default"](sentences=tf.constant([b"the \xff\xfe company \xc3"]))  # not UTF-8
+out["raw_bytes"] = [float(raw["log_prob"][0]), int(raw["num_tokens"][0])]
+out["raw_embed"] = sig["embed"](words=tf.constant([b"\xff\xfe"]))["embeddings"].shape.as_list()
 out["empty_batch"] = {k: v.shape.as_list() for k, v in
                       sig["serving_default"](sentences=tf.constant([], tf.string)).items()}
 long = sig["serving_default"](sentences=tf.constant([" ".join(["the"] * 10000)]))
@@ -97,6 +100,8 @@ def test_every_signature_from_a_tensorflow_only_process(exported, tmp_path):
                              rtol=1e-5)
   assert got["empty_batch"] == {"log_prob": [0], "num_tokens": [0], "perplexity": [0]}
   assert got["long"][1] == 10001 and np.isfinite(got["long"][0])
+  assert got["raw_bytes"][1] == 4 and np.isfinite(got["raw_bytes"][0]) and got["raw_bytes"][0] < 0
+  assert got["raw_embed"][0] == 1
   assert got["generate"] == got["generate_again"]               # the same seed, the same text
   assert got["generate"][0].startswith("the company ")
   assert got["none"] == ["the company", "the company"]           # max_words 0 or negative
