@@ -15,10 +15,10 @@ CPU = "/job:localhost/replica:0/task:0/device:CPU:0"
 def test_large_variables_are_split_by_rows_and_others_balanced():
   local = [tf.Variable(tf.zeros([10, 3])), tf.Variable(tf.zeros([4])), tf.Variable(tf.zeros([2, 2]))]
   store = ps.ShardedStore("placement", local, [CPU, CPU], min_shard_rows=5)
-  assert [(j, lo, hi) for j, lo, hi, _ in store.pieces[0]] == [(0, 0, 5), (1, 5, 10)]
-  assert [j for j, *_ in store.pieces[1]] == [0]     # both hold 60 bytes: the first wins
-  assert [j for j, *_ in store.pieces[2]] == [1]     # ps 0 now holds more
-  assert store.bytes_per_ps == [60 + 16, 60 + 16]
+  assert store.pieces[0] == [(0, 0, 5, 0), (1, 5, 10, 0)]     # (ps, rows, offset in its flat)
+  assert store.pieces[1] == [(0, 0, 4, 15)]     # both hold 60 bytes: the first wins
+  assert store.pieces[2] == [(1, 0, 2, 15)]     # ps 0 now holds more
+  assert store.bytes_per_ps == [60 + 16, 60 + 16] and store.sizes == [19, 19]
   assert [k for k, *_ in store.variables_on(1)] == [0, 2]
 
 
@@ -32,7 +32,7 @@ def test_values_round_trip_and_are_shared_by_name():
   other.pull(local)
   for v, want in zip(local, values):
     np.testing.assert_array_equal(v.numpy(), want)
-  store.pieces[0][1][3].assign_add(tf.ones([5, 3]))   # an update on one shard only
+  store.flats[1][:15].assign(store.flats[1][:15] + 1)   # an update of ps 1's rows of var 0
   np.testing.assert_array_equal(other.read(0).numpy()[5:], values[0][5:] + 1)
   np.testing.assert_array_equal(other.read(0).numpy()[:5], values[0][:5])
 

@@ -52,20 +52,27 @@ def _shard_rows(rows: int, parts: int) -> list[tuple[int, int]]:
 
 
 class ShardedStore:
-  """A copy of local variables on the ps tasks.
+  """A copy of local variables on the ps tasks, one flat variable per ps task.
 
   A variable with at least `min_shard_rows` rows is split by rows into one shard per ps task;
   any other goes whole to the ps task holding the fewest bytes so far (in the order given, so
-  every client computes the same placement). `pieces[k]` lists variable k's shards as
-  (ps index, first row, end row, shared variable).
+  every client computes the same placement). Each ps task keeps its pieces end to end in one
+  flat variable, so that moving or updating everything it holds is one op, not one per
+  variable. `pieces[k]` lists variable k's shards as (ps index, first row, end row, offset in
+  that ps task's flat variable).
   """
 
   def __init__(self, name: str, variables, ps_devices: list[str], min_shard_rows: int):
     self.name, self.devices = name, ps_devices
     self.shapes = [v.shape for v in variables]
     self.pieces = []
+    self.sizes = [0] * len(ps_devices)
     load = [0] * len(ps_devices)
-    for k, v in enumerate(variables):
+    dtypes = {v.dtype for v in variables} or {tf.float32}
+    if len(dtypes) > 1:
+      raise ValueError(f"a sharded store holds one dtype, got {sorted(d.name for d in dtypes)}")
+    (self.dtype,) = dtypes
+    for v in variables:
       rows = v.shape[0] if v.shape.rank else 0
       if len(ps_devices) > 1 and rows >= max(min_shard_rows, len(ps_devices)):
         spans = [(j, lo, hi) for j, (lo, hi) in enumerate(_shard_rows(rows, len(ps_devices)))]
@@ -75,36 +82,66 @@ class ShardedStore:
       row_elems = int(np.prod(v.shape[1:])) if v.shape.rank else 1
       pieces = []
       for j, lo, hi in spans:
-        shape = [hi - lo, *v.shape[1:]] if v.shape.rank else []
-        var = shared_variable(f"{name}/{k}/{j}", shape, v.dtype, ps_devices[j])
-        pieces.append((j, lo, hi, var))
+        pieces.append((j, lo, hi, self.sizes[j]))
+        self.sizes[j] += max(hi - lo, 1) * row_elems
         load[j] += max(hi - lo, 1) * row_elems * v.dtype.size
       self.pieces.append(pieces)
     self.bytes_per_ps = load
+    self.flats = [shared_variable(f"{name}/{j}", [max(n, 1)], self.dtype, device)
+                  for j, (n, device) in enumerate(zip(self.sizes, ps_devices))]
+
+  def piece_shape(self, k: int, lo: int, hi: int) -> list:
+    shape = self.shapes[k]
+    return [hi - lo, *shape[1:]] if shape.rank else []
 
   def variables_on(self, j: int):
-    """(k, first row, end row, shard) of every piece on ps task j, in variable order."""
-    return [(k, lo, hi, var) for k, pieces in enumerate(self.pieces)
-            for (i, lo, hi, var) in pieces if i == j]
+    """(k, first row, end row, offset, elements) of every piece on ps task j, in order."""
+    out = []
+    for k, pieces in enumerate(self.pieces):
+      for i, lo, hi, offset in pieces:
+        if i == j:
+          out.append((k, lo, hi, offset, int(np.prod(self.piece_shape(k, lo, hi)))))
+    return out
+
+  def flatten(self, values) -> list:
+    """One value per stored variable -> one flat tensor per ps task, in its layout."""
+    flats = []
+    for j in range(len(self.devices)):
+      parts = []
+      for k, lo, hi, _, _ in self.variables_on(j):
+        value = values[k]
+        if len(self.pieces[k]) > 1:
+          value = value[lo:hi]
+        parts.append(tf.reshape(tf.convert_to_tensor(value), [-1]))
+      flats.append(tf.concat(parts, 0) if parts else tf.zeros([1], self.dtype))
+    return flats
+
+  def unflatten(self, flats) -> list:
+    """One flat tensor per ps task -> one value per stored variable (shards concatenated)."""
+    values = []
+    for k, pieces in enumerate(self.pieces):
+      parts = [tf.reshape(flats[j][offset:offset + int(np.prod(self.piece_shape(k, lo, hi)))],
+                          self.piece_shape(k, lo, hi)) for j, lo, hi, offset in pieces]
+      values.append(parts[0] if len(parts) == 1 else tf.concat(parts, axis=0))
+    return values
 
   def push(self, values) -> None:
-    """Writes values (tensors or local variables, one per stored variable) to the shards."""
-    for pieces, value in zip(self.pieces, values):
-      for j, lo, hi, var in pieces:
-        with tf.device(self.devices[j]):
-          var.assign(value[lo:hi] if len(pieces) > 1 else value)
+    """Writes values (tensors or local variables, one per stored variable) to the ps tasks."""
+    for j, flat in enumerate(self.flatten(values)):
+      with tf.device(self.devices[j]):
+        self.flats[j].assign(flat)
+
+  def read_all(self) -> list:
+    """Every stored variable's value: one read per ps task."""
+    return self.unflatten([flat.read_value() for flat in self.flats])
 
   def read(self, k: int) -> tf.Tensor:
-    """The whole value of stored variable k (shards concatenated)."""
-    pieces = self.pieces[k]
-    if len(pieces) == 1:
-      return tf.identity(pieces[0][3])
-    return tf.concat([var.read_value() for *_, var in pieces], axis=0)
+    return self.read_all()[k]
 
   def pull(self, local_variables) -> None:
     """Copies the stored values into the local variables."""
-    for k, v in enumerate(local_variables):
-      v.assign(self.read(k))
+    for v, value in zip(local_variables, self.read_all()):
+      v.assign(value)
 
 
 def token_queue(worker: int, device: str):

@@ -126,12 +126,7 @@ class SharedState:
     self.lr_decay = ps_lib.shared_variable("lr_decay", [], tf.float32, devices[0])
     self.commits = ps_lib.commit_queue(devices[0])
     self.started_queue = ps_lib.started_queue(devices[0])
-    # Per ps task j: the pieces it holds as (variable index, piece index, elements, shard).
-    self.layout = [[] for _ in devices]
-    for k, pieces in enumerate(self.params.pieces):
-      for p, (j, lo, hi, var) in enumerate(pieces):
-        self.layout[j].append((k, p, var.shape.num_elements(), var))
-    self.sizes = [sum(n for _, _, n, _ in pieces) for pieces in self.layout]
+    self.sizes = self.params.sizes
     if ps.kind == "sync_backup":
       # The step of each worker's latest commit: whom a waiting chief is waiting for.
       self.committed = ps_lib.shared_variable("committed", [ps.num_workers], tf.int64, devices[0])
@@ -140,23 +135,15 @@ class SharedState:
                        for j, n in enumerate(self.sizes)] for w in range(ps.num_workers)]
 
   def flatten(self, grads) -> list:
-    """A gradient list as one flat vector per ps task, in that task's piece order."""
-    flats = []
-    for j, pieces in enumerate(self.layout):
-      parts = []
-      for k, p, _, _ in pieces:
-        g = grads[k]
-        g = tf.zeros(self.params.shapes[k]) if g is None else tf.convert_to_tensor(g)
-        if len(self.params.pieces[k]) > 1:
-          _, lo, hi, _ = self.params.pieces[k][p]
-          g = g[lo:hi]
-        parts.append(tf.reshape(g, [-1]))
-      flats.append(tf.concat(parts, 0) if parts else tf.zeros([1]))
-    return flats
+    """A gradient list as one flat vector per ps task, in that task's layout (dense)."""
+    return self.params.flatten([tf.zeros(shape) if g is None else tf.convert_to_tensor(g)
+                                for g, shape in zip(grads, self.params.shapes)])
 
   def apply(self, flats, learning_rate, t):
-    """Clips the flat gradients by their global norm and applies the optimizer on every shard,
-    each on its own ps task. Returns the norm before clipping and the updates (to order after)."""
+    """Clips the flat gradients by their global norm and applies the optimizer to each ps
+    task's flat parameters, on that task (the optimizers are element-wise, so one update per ps
+    task is the update of every variable it holds). Returns the norm before clipping and the
+    updates (to order after)."""
     opt, clip = self.r.optimizer, self.r.config.optim.clip_norm
     sq = []
     for j, flat in enumerate(flats):
@@ -165,14 +152,10 @@ class SharedState:
     norm = tf.sqrt(tf.add_n(sq))
     scale = clip / tf.maximum(norm, clip) if clip else tf.constant(1.0)
     updates = []
-    for j, pieces in enumerate(self.layout):
+    for j, flat in enumerate(flats):
       with tf.device(self.devices[j]):
-        offset = 0
-        for k, p, n, var in pieces:
-          g = tf.reshape(flats[j][offset:offset + n], var.shape) * scale
-          offset += n
-          slots = [self.slots[name].pieces[k][p][3] for name in opt.slot_names]
-          updates.append(opt._update(var, g, learning_rate, t, *slots))  # pylint: disable=protected-access
+        slots = [self.slots[name].flats[j] for name in opt.slot_names]
+        updates.append(opt._update(self.params.flats[j], flat * scale, learning_rate, t, *slots))  # pylint: disable=protected-access
     return norm, updates
 
   def fingerprint(self, flats):
@@ -479,8 +462,8 @@ class _Worker:
 
     @tf.function
     def pull():
-      for k, v in enumerate(variables):
-        v.assign(s.params.read(k))
+      for v, value in zip(variables, s.params.read_all()):
+        v.assign(value)
 
     @tf.function
     def compute(batch, state):
@@ -549,8 +532,8 @@ class SyncWorker(_Worker):
                                              component_types=[tf.int64])[0]
         newest = tf.reduce_max(tf.concat([[tok], rest], 0))
       with tf.control_dependencies([newest]):
-        for k, v in enumerate(variables):
-          v.assign(s.params.read(k))
+        for v, value in zip(variables, s.params.read_all()):
+          v.assign(value)
       return tf.identity(newest)
 
     @tf.function
