@@ -39,27 +39,31 @@ class _Stream:
   def windows(self, start_step: int) -> Iterator[dict]:
     raise NotImplementedError
 
+  def replica_windows(self, start_step: int, input_context: tf.distribute.InputContext
+                      ) -> Iterator[dict]:
+    """The rows of each window that belong to this input pipeline, one replica's at a time
+    (numpy, no tf.data: what a parameter-server worker feeds its step directly)."""
+    b = self.batch_size
+    n_pipes = input_context.num_input_pipelines
+    n_rep = input_context.num_replicas_in_sync
+    if b % n_rep:
+      raise UserError(f"global batch {b} does not split evenly over {n_rep} replicas")
+    per_replica = b // n_rep
+    first = input_context.input_pipeline_id * (b // n_pipes)
+    local = (b // n_pipes) // per_replica
+    for w in self.windows(start_step):
+      for k in range(local):
+        lo = first + k * per_replica
+        yield {key: (v if key == "reset" else v[lo:lo + per_replica]) for key, v in w.items()}
+
   def dataset(self, start_step: int = 0, input_context: tf.distribute.InputContext | None = None
               ) -> tf.data.Dataset:
     b, t = self.batch_size, self.unroll
     if input_context is None:
       gen, spec = (lambda: self.windows(start_step)), _window_spec(b, t)
     else:
-      n_pipes = input_context.num_input_pipelines
-      n_rep = input_context.num_replicas_in_sync
-      if b % n_rep:
-        raise UserError(f"global batch {b} does not split evenly over {n_rep} replicas")
-      per_replica = b // n_rep
-      per_pipe = b // n_pipes
-      first = input_context.input_pipeline_id * per_pipe
-      local = per_pipe // per_replica
-
-      def gen():
-        for w in self.windows(start_step):
-          for k in range(local):
-            lo = first + k * per_replica
-            yield {key: (v if key == "reset" else v[lo:lo + per_replica]) for key, v in w.items()}
-      spec = _window_spec(per_replica, t)
+      gen = lambda: self.replica_windows(start_step, input_context)  # noqa: E731
+      spec = _window_spec(b // input_context.num_replicas_in_sync, t)
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
     return ds.prefetch(2)
 

@@ -481,10 +481,10 @@ class _Worker:
   def _batch(self, step: int):
     """This worker's rows for `step`, continuing the LSTM state if it computed step - 1."""
     if self._data_step != step:
-      self._iterator = iter(self.r.stream.dataset(step, self.context))
+      self._iterator = self.r.stream.replica_windows(step, self.context)
       self._state = self.r.model.initial_state(self.r.local_batch)
     self._data_step = step + 1
-    return next(self._iterator)
+    return {k: tf.constant(v) for k, v in next(self._iterator).items()}
 
   def _gradient(self, step: int, pull: bool = True):
     """(flat gradients, loss, seconds this worker took for them, injected delay included)."""
