@@ -10,8 +10,9 @@ Signatures (batch dimension first, any batch size including 0):
 
   serving_default  sentences string [B]
                    -> log_prob float [B]   natural-log probability of the sentence's words and
-                                           its sentence end, from a zero state after a sentence
-                                           end (as the model saw every sentence in training)
+                                           its sentence end, from a zero state, the first word
+                                           predicted after a sentence end (in training every
+                                           sentence follows one)
                       num_tokens int32 [B] words + 1 (the sentence end)
                       perplexity float [B] exp(-log_prob / num_tokens)
   generate         prompt string [B], max_words int32 [], temperature float [], seed int32 []
