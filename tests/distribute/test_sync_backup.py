@@ -74,6 +74,8 @@ def test_late_gradients_are_dropped_and_never_applied(tmp_path):
   assert (_scalars(workdir, "sync/staleness/worker0") >= 1).all()
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "eval", "logs",
                                          "results.json", "sync_steps.jsonl", "train", "vocab.txt"]
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    assert json.load(f)["words_per_sec"] > 0      # steady throughput, measured by the chief
   # The checkpoint is read by the evaluation script exactly like one from `single`.
   ev = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
                        f"--workdir={workdir}", "--split=valid"],

@@ -8,7 +8,6 @@ The all-reduce backends (single, mirrored, multi_worker) run the step below thro
 strategy; the parameter-server backends (sync_backup, async_ps) split the same step between a
 chief that applies updates and workers that compute gradients (ps_loop.py).
 """
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -106,7 +105,6 @@ def _train_allreduce(run: Run) -> dict:
   throughput = Throughput(start, run.total_steps)
   losses = []
   step = start
-  steady = None  # (time, step) after the first logging interval: throughput without tracing
   try:
     while step < run.total_steps:
       if step == start and start == 0:
@@ -121,8 +119,6 @@ def _train_allreduce(run: Run) -> dict:
       throughput.add(run.words_per_step)
       if step % config.train.log_every == 0 or step == run.total_steps:
         perf = throughput.report(step)
-        if steady is None:
-          steady = (time.perf_counter(), step)
         run.log_progress(step, float(np.mean(losses)), float(out["learning_rate"]),
                          float(out["grad_norm"]), perf, throughput.eta_secs)
         losses = []
@@ -143,7 +139,4 @@ def _train_allreduce(run: Run) -> dict:
     logging.info("interrupted at step %d; run the same command again to resume", step)
     raise
 
-  train_secs = time.perf_counter() - steady[0] if steady else 0.0
-  steady_words = (step - steady[1]) * run.words_per_step if steady else 0
-  return run.finish(step, steady_words / train_secs if train_secs > 0 else None,
-                    lambda: gather_rows(state))
+  return run.finish(step, lambda: gather_rows(state))

@@ -172,6 +172,24 @@ class SharedState:
         out.append(tf.reduce_sum(r * sample))
     return tf.add_n(out)
 
+  def pull_slots(self) -> None:
+    for name, store in self.slots.items():
+      store.pull(self.r.optimizer.slots[name])
+
+  def evaluate_and_save(self, step: int, evaluated: bool, save: bool) -> None:
+    """The chief's periodic duties: the parameters come back from the ps tasks for an
+    evaluation (whose plateau decision goes back to them) or a checkpoint (with the slots)."""
+    r = self.r
+    if evaluated or save:
+      self.params.pull(r.variables)
+    if evaluated:
+      r.evaluate_and_sample(step)
+      self.lr_decay.assign(r.learning_rate.decay)
+    if save:
+      self.pull_slots()
+      r.save(step)
+      r.writers.flush()
+
   @tf.function
   def read_step(self):
     return tf.identity(self.global_step)
@@ -349,7 +367,6 @@ class SyncChief:
     throughput = Throughput(r.start, r.total_steps)
     losses = []
     step = r.start
-    steady = None
     t_prev = time.perf_counter()
     record = open(os.path.join(r.workdir, STEP_RECORD), "a", encoding="utf-8")
     try:
@@ -389,8 +406,6 @@ class SyncChief:
                        if dropped else "")
         if step % config.train.log_every == 0 or step == r.total_steps:
           perf = throughput.report(step)
-          if steady is None:
-            steady = (time.perf_counter(), step)
           r.log_progress(step, float(np.mean(losses)), float(rate), float(norm), perf,
                          throughput.eta_secs)
           losses = []
@@ -406,23 +421,17 @@ class SyncChief:
           writers.scalars("train", step, noise_scale.update(
               float(small_sq) / self.n / pts ** 2, float(big_sq) / pts ** 2, r.local_batch,
               r.batch))
+        if step % config.train.histogram_every == 0:
+          s.params.pull(r.variables)
+          writers.histograms("train", step, {v.name.split(":")[0]: v for v in r.variables})
         evaluated = step % r.eval_every == 0 and step < r.total_steps
         save = step < r.total_steps and (evaluated or step % config.train.checkpoint_every == 0)
-        if evaluated or save or step % config.train.histogram_every == 0:
-          s.params.pull(r.variables)
-        if step % config.train.histogram_every == 0:
-          writers.histograms("train", step, {v.name.split(":")[0]: v for v in r.variables})
-        if evaluated:
-          r.evaluate_and_sample(step)
-          s.lr_decay.assign(r.learning_rate.decay)
+        s.evaluate_and_save(step, evaluated, save)
         if save:
-          self._save(step)
-          writers.flush()
           record.flush()
     except KeyboardInterrupt:
       if step > r.saved_step:
-        s.params.pull(r.variables)
-        self._save(step)
+        s.evaluate_and_save(step, evaluated=False, save=True)
       logging.info("interrupted at step %d; run the same command again to resume", step)
       raise
     finally:
@@ -431,17 +440,8 @@ class SyncChief:
     logging.info("[chief] gradients used per worker %s, dropped per worker %s",
                  used_by.tolist(), dropped_by.tolist())
     s.params.pull(r.variables)
-    for name, store in s.slots.items():
-      store.pull(r.optimizer.slots[name])
-    words_per_sec = None
-    if steady and step > steady[1]:
-      words_per_sec = (step - steady[1]) * r.words_per_step / (time.perf_counter() - steady[0])
-    return r.finish(step, words_per_sec)
-
-  def _save(self, step: int) -> None:
-    for name, store in self.s.slots.items():
-      store.pull(self.r.optimizer.slots[name])
-    self.r.save(step)
+    s.pull_slots()
+    return r.finish(step)
 
 
 class _Worker:
@@ -673,7 +673,6 @@ class AsyncChief:
     throughput = Throughput(r.start, r.total_steps)
     step, seen = r.start, r.start
     losses, by_worker = [], collections.Counter()
-    t0, steady = time.perf_counter(), None
     try:
       while step < r.total_steps:
         time.sleep(0.05)
@@ -686,8 +685,6 @@ class AsyncChief:
         seen = step
         if any(b % config.train.log_every == 0 for b in boundaries) or step == r.total_steps:
           perf = throughput.report(step)
-          if steady is None:
-            steady = (time.perf_counter(), step)
           if losses:
             r.check_loss(float(np.mean(losses)), step)
             r.log_progress(step, float(np.mean(losses)),
@@ -699,28 +696,14 @@ class AsyncChief:
         evaluated = any(b % r.eval_every == 0 for b in boundaries) and step < r.total_steps
         save = step < r.total_steps and (
             evaluated or any(b % config.train.checkpoint_every == 0 for b in boundaries))
-        if evaluated or save:
-          self._pull(step)
-        if evaluated:
-          r.evaluate_and_sample(step)
-          s.lr_decay.assign(r.learning_rate.decay)
-        if save:
-          r.save(step)
-          writers.flush()
+        r.step_var.assign(step)   # the workers count steps on the ps; checkpoints need it here
+        s.evaluate_and_save(step, evaluated, save)
     except KeyboardInterrupt:
-      self._pull(step)
-      r.save(step)
+      r.step_var.assign(step)
+      s.evaluate_and_save(step, evaluated=False, save=True)
       raise
-    self._pull(step)
+    r.step_var.assign(step)
+    s.params.pull(r.variables)
+    s.pull_slots()
     logging.info("[chief] updates applied per worker: %s", dict(sorted(by_worker.items())))
-    del t0
-    words_per_sec = None
-    if steady and step > steady[1]:
-      words_per_sec = (step - steady[1]) * r.words_per_step / (time.perf_counter() - steady[0])
-    return r.finish(step, words_per_sec)
-
-  def _pull(self, step: int) -> None:
-    self.s.params.pull(self.r.variables)
-    for name, store in self.s.slots.items():
-      store.pull(self.r.optimizer.slots[name])
-    self.r.step_var.assign(step)
+    return r.finish(step)

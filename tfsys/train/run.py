@@ -6,6 +6,7 @@ makes one `Run` and calls its pieces; none of them knows which model it trains.
 import json
 import math
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -113,6 +114,8 @@ class Run:
     self.valid_ids = self.corpus.token_ids("valid", self.vocab)
     self.saved_step = self.start
     self.last_valid, self.samples = None, []
+    # (time, step) at the first progress line: throughput after tracing and start-up.
+    self._steady = None
 
   # ---------------------------------------------------------------- checkpoints
   def save(self, step: int, state_rows=None) -> None:
@@ -169,6 +172,8 @@ class Run:
 
   def log_progress(self, step: int, loss: float, learning_rate: float, grad_norm: float,
                    perf: dict, eta_secs: float) -> None:
+    if self._steady is None:
+      self._steady = (time.perf_counter(), step)
     self.writers.scalars("train", step, {
         "train/loss": loss, "train/perplexity": perplexity(loss),
         "optim/learning_rate": learning_rate, "optim/grad_norm": grad_norm, **perf})
@@ -176,8 +181,15 @@ class Run:
                  "%s left", step, self.total_steps, loss, perplexity(loss), learning_rate,
                  perf["perf/words_per_sec"], perf["perf/step_secs"], format_duration(eta_secs))
 
-  def finish(self, step: int, words_per_sec: float | None, save_state_rows=None) -> dict:
+  def steady_words_per_sec(self, step: int) -> float | None:
+    """Words/s from the first progress line to `step` (None if too short to tell)."""
+    if self._steady is None or step <= self._steady[1]:
+      return None
+    return (step - self._steady[1]) * self.words_per_step / (time.perf_counter() - self._steady[0])
+
+  def finish(self, step: int, save_state_rows=None) -> dict:
     """Final validation (before saving: it checks for divergence), save, test, results.json."""
+    words_per_sec = self.steady_words_per_sec(step)
     if self.total_steps > self.start or self.last_valid is None:
       self.evaluate_and_sample(step)
     if step > self.start or not self.checkpointer.latest:
