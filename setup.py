@@ -14,6 +14,9 @@ setuptools.setup(
         "tensorflow==2.21.*",
         "keras>=3.10,<4",
         "tensorflow-probability==0.25.*",
+        # TFP 0.25 imports tf_keras when it loads (and fails without it); we use only
+        # tfp.distributions and never import tf_keras ourselves.
+        "tf-keras==2.21.*",
         "absl-py>=2.1",
         "tensorboard==2.21.*",
         "ml-collections>=1.0",

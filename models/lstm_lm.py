@@ -9,7 +9,8 @@ evaluation and generation.
 
 The interface the training loop calls (DESIGN.md §2):
   initial_state(batch_size)                   -> state (a tuple of (c, h) per layer)
-  loss(batch, state, training)                -> (mean loss, metrics, new state)
+  loss(batch, state, training, step)          -> (mean loss, metrics, new state)
+  scalars(metric sums, step)                  -> extra train/ scalars (none: loss says it all)
   logits(inputs, state)                       -> (logits [B, T, V], new state), full softmax
   variable_shapes(config, vocab_size)         -> {name: shape}, without allocating anything
 """
@@ -52,6 +53,8 @@ def num_parameters(config, vocab_size: int) -> int:
 
 class LanguageModel(tf.Module):
   """A stateful LSTM LM over word ids; char-CNN models also embed any word from its bytes."""
+
+  data_layout = "stream"   # batch × unroll windows of one token stream, the state carried
 
   def __init__(self, config, vocab_words, seed: int = 0, name: str = "lstm_lm"):
     super().__init__(name=name)
@@ -121,7 +124,7 @@ class LanguageModel(tf.Module):
     h, state = self.hidden(self.embed_ids(inputs), state, training=False)
     return tf.einsum("btp,vp->btv", h, self.params["softmax_w"]) + self.params["softmax_b"], state
 
-  def loss(self, batch, state, training: bool):
+  def loss(self, batch, state, training: bool, step=0):
     """Mean per-token loss over the batch's weighted tokens.
 
     Training with num_samples > 0 uses the sampled softmax (its loss is then an estimate, not
@@ -146,3 +149,7 @@ class LanguageModel(tf.Module):
     num_tokens = tf.reduce_sum(weights)
     mean = nll_sum / tf.maximum(num_tokens, 1.0)
     return mean, {"nll_sum": nll_sum, "num_tokens": num_tokens}, state
+
+  def scalars(self, sums: dict, step: int) -> dict:
+    del sums, step
+    return {}

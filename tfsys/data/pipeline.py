@@ -39,6 +39,9 @@ class _Stream:
   def windows(self, start_step: int) -> Iterator[dict]:
     raise NotImplementedError
 
+  def element_spec(self, rows: int) -> dict:
+    return _window_spec(rows, self.unroll)
+
   def replica_windows(self, start_step: int, input_context: tf.distribute.InputContext
                       ) -> Iterator[dict]:
     """The rows of each window that belong to this input pipeline, one replica's at a time
@@ -58,12 +61,12 @@ class _Stream:
 
   def dataset(self, start_step: int = 0, input_context: tf.distribute.InputContext | None = None
               ) -> tf.data.Dataset:
-    b, t = self.batch_size, self.unroll
+    b = self.batch_size
     if input_context is None:
-      gen, spec = (lambda: self.windows(start_step)), _window_spec(b, t)
+      gen, spec = (lambda: self.windows(start_step)), self.element_spec(b)
     else:
       gen = lambda: self.replica_windows(start_step, input_context)  # noqa: E731
-      spec = _window_spec(b // input_context.num_replicas_in_sync, t)
+      spec = self.element_spec(b // input_context.num_replicas_in_sync)
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
     return ds.prefetch(2)
 

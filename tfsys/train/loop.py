@@ -43,7 +43,9 @@ def _train_allreduce(run: Run) -> dict:
   def replica_rows(ctx):
     lo = ctx.replica_id_in_sync_group * local_batch
     return tf.nest.map_structure(lambda v: tf.identity(v[lo:lo + local_batch]), run.carried)
-  state = strategy.experimental_distribute_values_from_function(replica_rows)
+  # Models that carry nothing between batches (whole sentences) have state ().
+  state = (strategy.experimental_distribute_values_from_function(replica_rows)
+           if run.carries_state else ())
 
   # ---------------------------------------------------------------- the step
   clip = config.optim.clip_norm
@@ -55,14 +57,14 @@ def _train_allreduce(run: Run) -> dict:
   def step_fn(batch, state):
     state = _reset(state, batch["reset"])
     with tf.GradientTape() as tape:
-      loss, metrics, new_state = model.loss(batch, state, training=True)
+      loss, metrics, new_state = model.loss(batch, state, training=True, step=step_var)
       # Each replica's loss is its local per-token mean; dividing by the replica count makes
       # the summed gradients the gradient of the global-batch mean. loss_per="sequence" sums
       # over the unrolled steps instead (Zaremba et al. 2014, Kim et al. 2016: the objective
       # their lr = 1 with norm clipping at 5 was tuned for).
       scaled = loss * per_token_scale / replicas
     grads = tape.gradient(scaled, variables)
-    out = {"loss": loss}
+    out = {"loss": loss, "metrics": metrics}
     if track_noise:
       # This replica's gradient of its own mean loss: the "small batch" estimate.
       out["small_sq"] = sq_norm(grads) * (replicas / per_token_scale) ** 2
@@ -84,26 +86,31 @@ def _train_allreduce(run: Run) -> dict:
     out.update(grad_norm=norm, learning_rate=rate)
     return out, new_state
 
-  @tf.function
+  @tf.function(reduce_retracing=True)   # sentence batches vary in length: trace [B, None] once
   def train_step(batch, state):
     out, new_state = strategy.run(step_fn, args=(batch, state))
     first = lambda v: strategy.experimental_local_results(v)[0]
     mean = lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+    total = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
     result = {"loss": mean(out["loss"]), "grad_norm": first(out["grad_norm"]),
-              "learning_rate": first(out["learning_rate"])}
+              "learning_rate": first(out["learning_rate"]),
+              "metrics": tf.nest.map_structure(total, out["metrics"])}
     if track_noise:
       result.update(small_sq=mean(out["small_sq"]), big_sq=first(out["big_sq"]))
     return result, new_state
 
   @tf.function
-  def gather_rows(state):  # every replica's rows of the LSTM state, in replica order
+  def gather_all(state):  # every replica's rows of the LSTM state, in replica order
     return tf.nest.map_structure(lambda s: strategy.gather(s, axis=0), state)
+
+  def gather_rows(state):
+    return gather_all(state) if run.carries_state else None
 
   # ---------------------------------------------------------------- training
   dataset = strategy.distribute_datasets_from_function(lambda ctx: run.stream.dataset(start, ctx))
   iterator = iter(dataset)
   throughput = Throughput(start, run.total_steps)
-  losses = []
+  losses, sums = [], {}
   step = start
   try:
     while step < run.total_steps:
@@ -116,12 +123,14 @@ def _train_allreduce(run: Run) -> dict:
       run.check_loss(loss, step + 1)
       step += 1
       losses.append(loss)
+      for k, v in out["metrics"].items():
+        sums[k] = sums.get(k, 0.0) + float(v)
       throughput.add(run.words_per_step)
       if step % config.train.log_every == 0 or step == run.total_steps:
         perf = throughput.report(step)
         run.log_progress(step, float(np.mean(losses)), float(out["learning_rate"]),
-                         float(out["grad_norm"]), perf, throughput.eta_secs)
-        losses = []
+                         float(out["grad_norm"]), perf, throughput.eta_secs, sums)
+        losses, sums = [], {}
       if track_noise and step % noise_every == 0:
         writers.scalars("train", step, noise_scale.update(
             float(out["small_sq"]), float(out["big_sq"]), local_batch, run.batch))

@@ -64,7 +64,7 @@ def run(config, workdir: str, backend) -> dict | None:
   if ps.kind == "async_ps":
     # One update is one worker's gradient: an epoch of the stream is num_workers updates.
     epochs_steps = r.total_steps if config.train.num_steps else r.total_steps * ps.num_workers
-    r.total_steps, r.words_per_step = epochs_steps, r.local_batch * r.unroll
+    r.total_steps, r.words_per_step = epochs_steps, r.words_per_step / r.replicas
     if not config.eval.every_steps:
       r.eval_every *= ps.num_workers
   shared = SharedState(r, ps)
@@ -465,11 +465,11 @@ class _Worker:
       for v, value in zip(variables, s.params.read_all()):
         v.assign(value)
 
-    @tf.function
-    def compute(batch, state):
+    @tf.function(reduce_retracing=True)   # sentence batches vary in length
+    def compute(batch, state, step):
       state = _reset(state, batch["reset"])
       with tf.GradientTape() as tape:
-        loss, metrics, new_state = model.loss(batch, state, training=True)
+        loss, metrics, new_state = model.loss(batch, state, training=True, step=step)
         scaled = loss * pts
       grads = tape.gradient(scaled, variables)
       return s.flatten(grads), loss, new_state
@@ -491,7 +491,8 @@ class _Worker:
     t0 = time.perf_counter()
     if pull:
       self._pull()
-    flats, loss, self._state = self._compute(self._batch(step), self._state)
+    flats, loss, self._state = self._compute(self._batch(step), self._state,
+                                             tf.constant(step, tf.int64))
     delay = self.straggler.delay_secs()
     if delay:
       time.sleep(delay)

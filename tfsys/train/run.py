@@ -16,9 +16,10 @@ import models
 from tfsys import data
 from tfsys.errors import UserError
 from tfsys.monitor import Writers, format_duration
+from tfsys.train import tasks
 from tfsys.train import workdir as workdir_lib
 from tfsys.train.checkpoint import Checkpointer
-from tfsys.train.evaluate import Evaluator, Sampler, perplexity, render
+from tfsys.train.evaluate import perplexity
 from tfsys.train.optim import LearningRate, make_optimizer
 
 RESULTS_FILE = "results.json"
@@ -30,9 +31,6 @@ class NonFiniteLossError(UserError):
 
 def check(config):
   t = config.train
-  for name in ("batch_size", "unroll"):
-    if t[name] <= 0:
-      raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
   for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
     if t[name] <= 0:
       raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
@@ -50,9 +48,10 @@ def sq_norm(grads):
 class Run:
   """The set-up of one training process.
 
-  `replicas` gradients make one update, each from `local_batch` rows; the token stream is cut
-  into `data_shards` × `local_batch` rows, one block per shard (a replica, or a worker of the
-  parameter-server backends, which may have more workers than gradients per update).
+  `replicas` gradients make one update, each from `local_batch` rows; the training stream is
+  cut into `data_shards` × `local_batch` rows, one block per shard (a replica, or a worker of the
+  parameter-server backends, which may have more workers than gradients per update). What the
+  data are and how the model is evaluated is the task's business (tasks.py).
   """
 
   def __init__(self, config, workdir: str, backend, replicas: int, data_shards: int):
@@ -65,13 +64,13 @@ class Run:
     self.replicas = replicas
     self.corpus = data.make_corpus(config.data)
     self.vocab = data.load_vocabulary(config.data, self.corpus, workdir, save=self.is_chief)
-    batch, unroll = config.train.batch_size, config.train.unroll
+    self.task = tasks.make(config, self.corpus, self.vocab)
+    batch = config.train.batch_size
     if batch % replicas:
       raise UserError(f"--config.train.batch_size={batch} must be a multiple of the "
                       f"{replicas} replicas")
-    self.batch, self.unroll, self.local_batch = batch, unroll, batch // replicas
-    self.stream = data.train_stream(config.data, self.corpus, self.vocab,
-                                    self.local_batch * data_shards, unroll, config.seed)
+    self.batch, self.local_batch = batch, batch // replicas
+    self.stream = self.task.stream(self.local_batch * data_shards, config.seed)
     steps_per_epoch = self.stream.steps_per_epoch
     if config.train.num_steps:
       self.total_steps = config.train.num_steps
@@ -80,8 +79,8 @@ class Run:
     else:
       raise UserError("this corpus is streamed, so epochs are not counted: set --config.train.num_steps")
     self.eval_every = config.eval.every_steps or steps_per_epoch or 10_000
-    self.words_per_step = batch * unroll
-    self.per_token_scale = float(unroll) if config.optim.loss_per == "sequence" else 1.0
+    self.words_per_step = self.task.words_per_step
+    self.per_token_scale = self.task.per_token_scale
 
     with strategy.scope():
       self.model = models.build(config.model, self.vocab.words, seed=config.seed)
@@ -94,6 +93,7 @@ class Run:
     # replica carries its own rows.
     self.carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
                                          self.model.initial_state(batch))
+    self.carries_state = bool(tf.nest.flatten(self.carried))
     self.checkpointer = Checkpointer(
         workdir, config.train.keep_checkpoints, self.is_chief, backend.task_name,
         model=self.model, optimizer=self.optimizer, step=self.step_var,
@@ -101,17 +101,15 @@ class Run:
     self.restored = self.checkpointer.restore_latest()
     self.start = int(self.step_var.numpy())
     self.n_params = sum(int(np.prod(v.shape)) for v in self.variables)
-    logging.info("[%s] %s %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
-                 backend.task_name, config.model.name, config.model.input, self.n_params,
+    logging.info("[%s] %s: %d parameters, vocabulary %d, %d steps (%s steps/epoch), %s",
+                 backend.task_name, config.model.name, self.n_params,
                  len(self.vocab), self.total_steps, steps_per_epoch or "?",
                  f"resuming at step {self.start} from {self.restored}" if self.restored
                  else "starting from scratch")
     if self.resuming and not self.restored:
       logging.info("workdir %s has a config but no checkpoint yet: starting at step 0", workdir)
     self.writers = Writers(workdir, enabled=self.is_chief)
-    self.evaluator = Evaluator(self.model, config.eval.batch_size, unroll)
-    self.sampler = Sampler(self.model, self.vocab)
-    self.valid_ids = self.corpus.token_ids("valid", self.vocab)
+    self.task.bind(self.model)
     self.saved_step = self.start
     self.last_valid, self.samples = None, []
     # (time, step) at the first progress line: throughput after tracing and start-up.
@@ -134,8 +132,8 @@ class Run:
 
   # ---------------------------------------------------------------- evaluation
   def evaluate_and_sample(self, step: int) -> None:
-    config, writers = self.config, self.writers
-    result = self.evaluator.perplexity(self.valid_ids, config.eval.max_tokens)
+    writers = self.writers
+    result = self.task.evaluate("valid")
     latest = self.checkpointer.latest
     if not math.isfinite(result["loss"]):
       raise NonFiniteLossError(f"validation loss is {result['loss']} at step {step}; stopping. "
@@ -145,19 +143,16 @@ class Run:
       logging.info("validation perplexity stalled: learning rate decay now %.4g",
                    float(self.learning_rate.decay.numpy()))
     try:
-      samples = [render(self.sampler.generate("", config.eval.sample_words,
-                                              config.eval.temperature, seed=step * 100 + k),
-                        self.vocab.eos)
-                 for k in range(config.eval.num_samples)]
+      samples = self.task.samples(step)
     except UserError as e:  # NaN logits: the weights diverged even if the loss still looked finite
       raise NonFiniteLossError(f"at step {step}: {e}; stopping. The last good checkpoint "
                                f"({latest}) is kept") from None
-    writers.scalars("eval", step, {"eval/perplexity": result["perplexity"],
-                                   "eval/loss": result["loss"]})
+    writers.scalars("eval", step, {f"eval/{k}": v for k, v in result.items()
+                                   if k not in ("num_tokens", "num_sentences", "iw_samples")})
     writers.text("eval", step, "eval/samples",
                  "\n\n".join(f"{k + 1}. " + s.replace("\n", " / ") for k, s in enumerate(samples)))
-    logging.info("step %d: validation perplexity %.2f (%d tokens)", step, result["perplexity"],
-                 result["num_tokens"])
+    logging.info("step %d: validation perplexity %.2f (%d tokens)%s", step, result["perplexity"],
+                 result["num_tokens"], _extras(result))
     for s in samples:
       logging.info("  sample: %s", s.replace("\n", " / "))
     self.last_valid, self.samples = result, samples
@@ -171,12 +166,14 @@ class Run:
           "or set --config.optim.clip_norm and run again")
 
   def log_progress(self, step: int, loss: float, learning_rate: float, grad_norm: float,
-                   perf: dict, eta_secs: float) -> None:
+                   perf: dict, eta_secs: float, metric_sums: dict | None = None) -> None:
+    """metric_sums: the model's summed training metrics since the last line (its own scalars)."""
     if self._steady is None:
       self._steady = (time.perf_counter(), step)
+    extra = self.model.scalars(metric_sums, step) if metric_sums else {}
     self.writers.scalars("train", step, {
         "train/loss": loss, "train/perplexity": perplexity(loss),
-        "optim/learning_rate": learning_rate, "optim/grad_norm": grad_norm, **perf})
+        "optim/learning_rate": learning_rate, "optim/grad_norm": grad_norm, **perf, **extra})
     logging.info("step %d/%d | loss %.3f | ppl %.1f | lr %.3g | %.0f words/s | %.3f s/step | "
                  "%s left", step, self.total_steps, loss, perplexity(loss), learning_rate,
                  perf["perf/words_per_sec"], perf["perf/step_secs"], format_duration(eta_secs))
@@ -194,20 +191,30 @@ class Run:
       self.evaluate_and_sample(step)
     if step > self.start or not self.checkpointer.latest:
       self.save(step, save_state_rows() if save_state_rows else None)
-    test = self.evaluator.perplexity(self.corpus.token_ids("test", self.vocab),
-                                     self.config.eval.max_tokens)
-    self.writers.scalars("eval", step, {"eval/test_perplexity": test["perplexity"]})
+    test = self.task.evaluate("test")
+    self.writers.scalars("eval", step, {f"eval/test_{k}": v for k, v in test.items()
+                                        if k not in ("num_tokens", "num_sentences", "iw_samples")})
     self.writers.flush()
     results = {"step": step, "valid_perplexity": self.last_valid["perplexity"],
                "test_perplexity": test["perplexity"], "test_tokens": test["num_tokens"],
                "parameters": self.n_params, "samples": self.samples,
                "words_per_sec": words_per_sec}
+    results.update({f"valid_{k}": v for k, v in self.last_valid.items()
+                    if k not in ("loss", "perplexity", "num_tokens")})
+    results.update({f"test_{k}": v for k, v in test.items()
+                    if k not in ("loss", "perplexity", "num_tokens")})
     self.checkpointer.close()
     if self.is_chief:
       tmp = os.path.join(self.workdir, RESULTS_FILE + ".tmp")
       with open(tmp, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
       os.replace(tmp, os.path.join(self.workdir, RESULTS_FILE))
-    logging.info("step %d: test perplexity %.2f (%d tokens)", step, test["perplexity"],
-                 test["num_tokens"])
+    logging.info("step %d: test perplexity %.2f (%d tokens)%s", step, test["perplexity"],
+                 test["num_tokens"], _extras(test))
     return results
+
+
+def _extras(result: dict) -> str:
+  """A sentence model's other evaluation figures, for the log line."""
+  keys = ("nll", "elbo", "reconstruction_nll", "kl", "active_units", "mutual_info")
+  return "".join(f", {k} {result[k]:.2f}" for k in keys if k in result)

@@ -1,0 +1,174 @@
+"""What the one training loop needs to know about a model's data: its training stream, how it is
+evaluated, what its samples are. `make(config, corpus, vocab)` picks by the model's data layout
+(models.data_layout): the loop, the parameter-server drivers and the checkpoints are the same.
+
+  stream   token windows of one stream, LSTM state carried (the language models):
+           validation/test perplexity of the whole text, samples generated after a sentence end
+  sentences  whole sentences in length-bucketed batches (the sentence VAE and its RNNLM):
+           the importance-weighted bound (perplexity and NLL per sentence), the ELBO and its
+           reconstruction and KL terms, active units and mutual information; samples from the
+           prior and reconstructions of validation sentences
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+import models
+from tfsys import data
+from tfsys.data.sentences import SentenceBatches, eval_batches, split_sentences
+from tfsys.errors import UserError
+from tfsys.train.evaluate import Evaluator, Sampler, perplexity, render
+
+# Active units (Burda et al. 2016 §5.2): a latent dimension whose posterior mean varies across
+# sentences with variance above this counts as used.
+ACTIVE_UNIT_THRESHOLD = 0.01
+MI_SENTENCES = 1000   # sentences the mutual-information estimate aggregates the posterior over
+
+
+def make(config, corpus, vocab):
+  layout = models.data_layout(config.model)
+  return (SentenceTask if layout == "sentences" else StreamTask)(config, corpus, vocab)
+
+
+class StreamTask:
+  """Language modelling of a token stream (tfsys/data/pipeline.py windows)."""
+
+  def __init__(self, config, corpus, vocab):
+    self.config, self.corpus, self.vocab = config, corpus, vocab
+    for name in ("batch_size", "unroll"):
+      if config.train[name] <= 0:
+        raise UserError(f"--config.train.{name} must be positive, got {config.train[name]}")
+    self.words_per_step = config.train.batch_size * config.train.unroll
+    # loss_per="sequence": the loss summed over the unrolled steps (Zaremba et al., Kim et al.).
+    self.per_token_scale = float(config.train.unroll) if config.optim.loss_per == "sequence" else 1.0
+
+  def stream(self, rows: int, seed: int):
+    return data.train_stream(self.config.data, self.corpus, self.vocab, rows,
+                             self.config.train.unroll, seed)
+
+  def bind(self, model) -> None:
+    self.model = model
+    self.evaluator = Evaluator(model, self.config.eval.batch_size, self.config.train.unroll)
+    self.sampler = Sampler(model, self.vocab)
+
+  def evaluate(self, split: str) -> dict:
+    """{'loss': NLL per token, 'perplexity', 'num_tokens'} of a whole split."""
+    return self.evaluator.perplexity(self.corpus.token_ids(split, self.vocab),
+                                     self.config.eval.max_tokens)
+
+  def samples(self, step: int) -> list[str]:
+    e = self.config.eval
+    return [render(self.sampler.generate("", e.sample_words, e.temperature, seed=step * 100 + k),
+                   self.vocab.eos) for k in range(e.num_samples)]
+
+
+class SentenceTask:
+  """Whole sentences (tfsys/data/sentences.py) for sentence models (models/sentence_vae.py)."""
+
+  def __init__(self, config, corpus, vocab):
+    self.config, self.corpus, self.vocab = config, corpus, vocab
+    if config.optim.loss_per != "token":
+      raise UserError("sentence models minimise the loss per token: set --config.optim.loss_per=token")
+    for name, value in (("data.max_length", config.data.max_length),
+                        ("eval.iw_samples", config.eval.iw_samples),
+                        ("train.batch_size", config.train.batch_size)):
+      if value <= 0:
+        raise UserError(f"--config.{name} must be positive, got {value}")
+    self._sentences = {}
+    self.per_token_scale = 1.0
+    train = self.sentences("train")
+    self.tokens_per_sentence = sum(len(s) + 1 for s in train) / max(len(train), 1)
+    self.words_per_step = self.tokens_per_sentence * config.train.batch_size
+
+  def sentences(self, split: str) -> list[np.ndarray]:
+    if split not in self._sentences:
+      ids = self.corpus.token_ids(split, self.vocab)
+      self._sentences[split] = split_sentences(ids, self.vocab.eos_id)
+    return self._sentences[split]
+
+  def stream(self, rows: int, seed: int):
+    d = self.config.data
+    return SentenceBatches(self.sentences("train"), rows, d.max_length, self.vocab.eos_id,
+                           d.shuffle, seed)
+
+  def bind(self, model) -> None:
+    from tfsys.train.sentence_tools import SentenceCoder
+    self.model = model
+    self._evaluate_batch = tf.function(model.evaluate_batch, reduce_retracing=True)
+    self.coder = SentenceCoder(model, self.vocab, self.config.data.max_length)
+
+  def evaluate(self, split: str) -> dict:
+    """The importance-weighted bound and the ELBO over a split's sentences (whole, however long).
+
+    perplexity = exp(-Σ log p̂(x) / Σ tokens) with p̂ the k-sample bound (Burda et al. 2016):
+    the figure compared with the RNNLM, whose bound is its exact likelihood. nll is the same per
+    sentence (Bowman et al. Table 2's unit); elbo_* are the 1-sample ELBO's.
+    """
+    e = self.config.eval
+    sentences = self.sentences(split)
+    if split == "valid" and e.max_sentences:   # periodic checks; the test is always read whole
+      sentences = sentences[:e.max_sentences]
+    k = e.iw_samples if self.model.latent_dim else 1
+    log_px = rec = kl = tokens = 0.0
+    means, logvars = [], []
+    for j, batch in enumerate(eval_batches(sentences, e.batch_size, self.vocab.eos_id)):
+      out = self._evaluate_batch({key: tf.constant(v) for key, v in batch.items()},
+                                 tf.constant(k), tf.constant([self.config.seed, j * k], tf.int32))
+      log_px += float(tf.reduce_sum(out["log_px"]))
+      rec += float(tf.reduce_sum(out["rec_nll"]))
+      kl += float(tf.reduce_sum(out["kl"]))
+      tokens += float(batch["weights"].sum())
+      means.append(out["mean"].numpy())
+      logvars.append(out["logvar"].numpy())
+    n = len(sentences)
+    if not math.isfinite(log_px):
+      return {"loss": float("nan"), "perplexity": float("nan"), "num_tokens": int(tokens)}
+    mean, logvar = np.concatenate(means), np.concatenate(logvars)
+    return {"loss": -log_px / tokens, "perplexity": perplexity(-log_px / tokens),
+            "num_tokens": int(tokens), "num_sentences": n, "nll": -log_px / n,
+            "elbo": -(rec + kl) / n, "reconstruction_nll": rec / n, "kl": kl / n,
+            "elbo_perplexity": perplexity((rec + kl) / tokens),
+            "active_units": active_units(mean), "mutual_info": mutual_information(
+                mean[:MI_SENTENCES], logvar[:MI_SENTENCES], self.config.seed),
+            "iw_samples": k}
+
+  def samples(self, step: int) -> list[str]:
+    """Sentences from the prior (greedy from z ~ N(0, I), Bowman §4; the RNNLM samples at
+    eval.temperature) and reconstructions of the first validation sentences of 5-20 words."""
+    e = self.config.eval
+    temperature = 0.0 if self.model.latent_dim else e.temperature
+    out = [f"prior: {s}" for s in self.coder.sample_prior(e.num_samples, seed=step,
+                                                          temperature=temperature)]
+    if self.model.latent_dim:
+      valid = [s for s in self.sentences("valid") if 5 <= len(s) <= 20][:e.num_samples]
+      texts = [" ".join(self.vocab.decode(s)) for s in valid]
+      out += [f"reconstruct: {t} => {r}" for t, r in zip(texts, self.coder.reconstruct(texts))]
+    return out
+
+
+def active_units(mean: np.ndarray) -> int:
+  """Latent dimensions whose posterior mean's variance across sentences exceeds the threshold."""
+  if not mean.size or len(mean) < 2:
+    return 0
+  return int((mean.var(axis=0) > ACTIVE_UNIT_THRESHOLD).sum())
+
+
+def mutual_information(mean: np.ndarray, logvar: np.ndarray, seed: int = 0) -> float:
+  """I(x; z) under q(z|x) and the empirical sentences (Hoffman & Johnson 2016; the estimator
+  of He et al. 2019 §4.2): E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], with the aggregate
+  posterior q(z) = (1/N) Σ_j q(z|x_j) over the same N sentences and one z_i ~ q(z|x_i) each."""
+  n, d = mean.shape
+  if n < 2 or d == 0:
+    return 0.0
+  mean, logvar = mean.astype(np.float64), logvar.astype(np.float64)
+  std = np.exp(0.5 * logvar)
+  z = mean + std * np.random.default_rng(seed).standard_normal(mean.shape)
+  neg_entropy = np.mean(-0.5 * d * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(axis=1))
+  log_qz = np.empty(n)
+  for lo in range(0, n, 100):               # [100, N, D] at a time
+    diff = (z[lo:lo + 100, None, :] - mean[None]) / std[None]
+    log_dens = -0.5 * (diff ** 2 + math.log(2 * math.pi) + logvar[None]).sum(-1)   # [b, N]
+    top = log_dens.max(axis=1, keepdims=True)
+    log_qz[lo:lo + 100] = (top[:, 0] + np.log(np.exp(log_dens - top).sum(axis=1))) - math.log(n)
+  return float(neg_entropy - log_qz.mean())
