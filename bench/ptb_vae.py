@@ -51,6 +51,7 @@ def main(argv):
   busy = background_busy()
   print(f"background CPU load at start: {busy:.0%}")
   base = _WORKDIR.value or tempfile.mkdtemp(prefix="ptb_vae_bench_")
+  os.makedirs(base, exist_ok=True)
   steps = _steps(_EPOCHS.value)
   print(f"budget: {steps} steps ({_EPOCHS.value} epochs) each; workdirs under {base}")
   procs = {}

@@ -144,11 +144,14 @@ class SentenceVAE(tf.Module):
     mean, logvar = tf.split(stats, 2, axis=-1)
     return mean, logvar
 
+  # Independent Normals, not MultivariateNormalDiag: the same distribution, but its sampler
+  # also takes a batch of 0 sentences (MultivariateNormalDiag's divides by the batch size).
   def posterior(self, mean, logvar):
-    return tfd.MultivariateNormalDiag(loc=mean, scale_diag=tf.exp(0.5 * logvar))
+    return tfd.Independent(tfd.Normal(mean, tf.exp(0.5 * logvar)), reinterpreted_batch_ndims=1)
 
   def prior(self, batch):
-    return tfd.MultivariateNormalDiag(loc=tf.zeros([batch, self.latent_dim]))
+    zeros = tf.zeros([batch, self.latent_dim])
+    return tfd.Independent(tfd.Normal(zeros, tf.ones_like(zeros)), reinterpreted_batch_ndims=1)
 
   # ---------------------------------------------------------------- decoder
   def initial_state(self, batch_size):
@@ -243,14 +246,16 @@ class SentenceVAE(tf.Module):
   def evaluate_batch(self, batch, num_samples, seed):
     """Per sentence: the importance-weighted bound on log p(x) with `num_samples` samples
     (Burda et al. 2016: log (1/k) Σ_i p(x, z_i) / q(z_i|x), a lower bound that tightens as k
-    grows and equals the ELBO for k = 1), the reconstruction NLL and the KL of the ELBO (its
-    first sample), and the posterior's μ and log σ². seed: int32 [2], stateless sampling."""
+    grows and is the ELBO for k = 1); the ELBO estimated from the same samples, (1/k) Σ_i log
+    p(x, z_i) / q(z_i|x), never above the bound (Jensen); its reconstruction term averaged
+    over the samples and its KL in closed form (they add up to -ELBO up to the samples' noise in
+    the KL); and the posterior's μ and log σ². seed: int32 [2], stateless sampling."""
     batch_size = tf.shape(batch["targets"])[0]
     if not self.latent_dim:
       rec = self.reconstruction_nll(batch, None)
       zeros = tf.zeros([batch_size, 0])
-      return {"log_px": -rec, "rec_nll": rec, "kl": tf.zeros_like(rec), "mean": zeros,
-              "logvar": zeros}
+      return {"log_px": -rec, "elbo": -rec, "rec_nll": rec, "kl": tf.zeros_like(rec),
+              "mean": zeros, "logvar": zeros}
     mean, logvar = self.encode(batch["targets"], batch["lengths"])
     q, p = self.posterior(mean, logvar), self.prior(batch_size)
 
@@ -265,7 +270,9 @@ class SentenceVAE(tf.Module):
     log_w = log_w.stack()                                 # [k, B]
     log_px = tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(tf.cast(num_samples, tf.float32))
     kl = tf.reduce_sum(kl_to_standard_normal(mean, logvar), axis=-1)
-    return {"log_px": log_px, "rec_nll": rec.read(0), "kl": kl, "mean": mean, "logvar": logvar}
+    return {"log_px": log_px, "elbo": tf.reduce_mean(log_w, axis=0),
+            "rec_nll": tf.reduce_mean(rec.stack(), axis=0), "kl": kl, "mean": mean,
+            "logvar": logvar}
 
   # ---------------------------------------------------------------- generation
   def decode(self, z, state, first, max_words, temperature, seed):

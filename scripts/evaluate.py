@@ -9,6 +9,10 @@ By default the text is one stream laid out in eval.batch_size rows, the state ca
 sentence to sentence (the corpora's convention). --per_sentence scores every line on its own
 from a zero state after a sentence end, as the SavedModel's serving_default signature does;
 --saved_model always does, using only the SavedModel.
+
+A sentence model (configs/ptb_vae.py, configs/ptb_rnnlm.py) always reads whole sentences and
+prints its importance-weighted bound (per word as perplexity, per sentence as NLL), the ELBO
+and its KL, active units and mutual information; through a SavedModel, the bound alone.
 """
 from tfsys import cli  # first: sets TensorFlow's log level
 
@@ -41,8 +45,29 @@ def _lines():
 
 
 def _report(source, what, result):
+  extra = ""
+  if "nll" in result:
+    extra = (f"; per sentence: NLL {result['nll']:.2f} (bound, {result['iw_samples']} samples), "
+             f"ELBO {result['elbo']:.2f}, KL {result['kl']:.2f}; active units "
+             f"{result['active_units']}, mutual information {result['mutual_info']:.3f}")
   print(f"{source}: {what}: perplexity {result['perplexity']:.2f} "
-        f"({result['num_tokens']} tokens, {result['loss']:.4f} nats/token)")
+        f"({result['num_tokens']} tokens, {result['loss']:.4f} nats/token){extra}")
+
+
+def _sentence_model(config, vocab, model, path):
+  import tensorflow as tf
+  from tfsys.train.tasks import evaluate_sentences
+  if _TEXT.value:
+    sentences, what = [vocab.encode(line.split()) for line in _lines()], _TEXT.value
+  else:
+    from tfsys.data.sentences import split_sentences
+    ids = make_corpus(config.data).token_ids(_SPLIT.value, vocab)
+    sentences, what = split_sentences(ids, vocab.eos_id), f"{_SPLIT.value} split"
+  result = evaluate_sentences(tf.function(model.evaluate_batch, reduce_retracing=True),
+                              model.latent_dim, sentences, vocab.eos_id,
+                              _BATCH.value or config.eval.batch_size, config.eval.iw_samples,
+                              config.seed)
+  _report(path, what, result)
 
 
 def main(argv):
@@ -57,6 +82,8 @@ def main(argv):
     _report(_SAVED_MODEL.value, _TEXT.value, export.score_sentences(score, _lines()))
     return
   config, vocab, model, path = load_trained(_WORKDIR.value)
+  if model.data_layout == "sentences":   # every sentence is scored on its own anyway
+    return _sentence_model(config, vocab, model, path)
   if _PER_SENTENCE.value:
     if not _TEXT.value:
       raise UserError("--per_sentence needs --text_file")

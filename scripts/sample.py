@@ -9,6 +9,11 @@ the checkpoint it was exported from for the same prompt, temperature and seed.
 
 Temperature 0 is greedy decoding; the same seed gives the same text. Prompt words outside the
 vocabulary are read as <unk>; an empty prompt starts a new sentence.
+
+A sentence VAE (or its RNNLM) prints --num_sentences sentences from the prior instead (z ~ N(0, I)
+from the seed, decoded greedily at temperature 0, Bowman et al. §4); the prompt is not used
+(scripts/vae.py reconstructs, interpolates and imputes). With --saved_model its `sample`
+signature gives the same sentences as the checkpoint for the same seed and temperature.
 """
 from tfsys import cli  # first: sets TensorFlow's log level
 
@@ -24,6 +29,7 @@ _PROMPT = flags.DEFINE_string("prompt", "", "words to continue (tokenised like t
 _NUM_WORDS = flags.DEFINE_integer("num_words", 30, "words to generate")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "softmax temperature; 0 = greedy")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_NUM_SENTENCES = flags.DEFINE_integer("num_sentences", 5, "sentence models: sentences to sample")
 
 
 def main(argv):
@@ -35,13 +41,27 @@ def main(argv):
     from tfsys.export import load_signatures
     if _TEMPERATURE.value < 0:
       raise UserError(f"temperature must be >= 0 (0 = greedy), got {_TEMPERATURE.value}")
-    generate = load_signatures(_SAVED_MODEL.value)["generate"]
+    signatures = load_signatures(_SAVED_MODEL.value)
+    if "sample" in signatures:   # a sentence model
+      out = signatures["sample"](count=tf.constant(_NUM_SENTENCES.value),
+                                 temperature=tf.constant(_TEMPERATURE.value, tf.float32),
+                                 seed=tf.constant(_SEED.value))
+      for text in out["text"].numpy():
+        print(text.decode("utf-8", errors="replace"))
+      return
+    generate = signatures["generate"]
     out = generate(prompt=tf.constant([_PROMPT.value]), max_words=tf.constant(_NUM_WORDS.value),
                    temperature=tf.constant(_TEMPERATURE.value, tf.float32),
                    seed=tf.constant(_SEED.value))
     print(out["text"][0].numpy().decode("utf-8", errors="replace"))
     return
-  _, vocab, model, _ = load_trained(_WORKDIR.value)
+  config, vocab, model, _ = load_trained(_WORKDIR.value)
+  if model.data_layout == "sentences":
+    from tfsys.train.sentence_tools import SentenceCoder
+    coder = SentenceCoder(model, vocab, config.data.max_length)
+    for text in coder.sample_prior(_NUM_SENTENCES.value, _SEED.value, _TEMPERATURE.value):
+      print(text)
+    return
   words = Sampler(model, vocab).generate(_PROMPT.value, _NUM_WORDS.value, _TEMPERATURE.value,
                                          _SEED.value)
   print(render(_PROMPT.value.split() + words, vocab.eos))

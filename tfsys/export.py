@@ -1,4 +1,5 @@
-"""SavedModels for inference: a trained language model with a serving contract on raw strings.
+"""SavedModels for inference: a trained language model with a serving contract on raw strings
+(the sentence VAE's contract is in tfsys/export_vae.py; export() writes either).
 
 `export(workdir, export_dir)` writes the newest checkpoint of a workdir to
 `export_dir/<version>/` (TensorFlow Serving's layout: a new integer version per export, written
@@ -194,13 +195,13 @@ def export(workdir: str, export_dir: str) -> tuple[str, str]:
   """Writes the workdir's newest checkpoint as export_dir/<next version>; returns that
   directory and the checkpoint it holds."""
   from tfsys.train.evaluate import load_trained
-  _, vocab, model, checkpoint = load_trained(workdir)
+  config, vocab, model, checkpoint = load_trained(workdir)
   try:
     os.makedirs(export_dir, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create the export directory {export_dir}: {e.strerror}") from None
   with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
-    server = in_process_server(model, vocab, tmp)
+    server = in_process_server(model, vocab, tmp, config.data.get("max_length", 0))
     staging = os.path.join(tmp, "model")
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)  # one INFO line per renamed graph input
@@ -235,15 +236,22 @@ def score_sentences(score, sentences: list[str], batch_size: int = 64) -> dict:
   log_prob, tokens = 0.0, 0
   for lo in range(0, len(sentences), batch_size):
     out = score(sentences=tf.constant(sentences[lo:lo + batch_size], tf.string))
-    log_prob += float(tf.reduce_sum(tf.cast(out["log_prob"], tf.float64)))
+    # A sentence VAE's score gives its importance-weighted bound instead (export_vae.py).
+    lp = out["log_prob"] if "log_prob" in out else -out["iw_nll"]
+    log_prob += float(tf.reduce_sum(tf.cast(lp, tf.float64)))
     tokens += int(tf.reduce_sum(out["num_tokens"]))
   nll = -log_prob / max(tokens, 1)
   return {"loss": nll, "perplexity": float(tf.exp(nll)), "num_tokens": tokens}
 
 
-def in_process_server(model, vocab, tmp_dir: str) -> LanguageModelServer:
-  """The serving module over a model in memory (what export() saves), for the same scores."""
+def in_process_server(model, vocab, tmp_dir: str, max_length: int = 0):
+  """The serving module over a model in memory (what export() saves), for the same scores.
+  Sentence models (the VAE) get tfsys/export_vae.py's contract; max_length is their
+  data.max_length."""
   vocab_path = os.path.join(tmp_dir, "vocab.txt")
   with open(vocab_path, "w", encoding="utf-8") as f:
     f.write("".join(w + "\n" for w in vocab.words))
+  if model.data_layout == "sentences":
+    from tfsys.export_vae import SentenceVAEServer
+    return SentenceVAEServer(model, vocab, vocab_path, max_length)
   return LanguageModelServer(model, vocab, vocab_path)

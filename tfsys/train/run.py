@@ -217,4 +217,5 @@ class Run:
 def _extras(result: dict) -> str:
   """A sentence model's other evaluation figures, for the log line."""
   keys = ("nll", "elbo", "reconstruction_nll", "kl", "active_units", "mutual_info")
-  return "".join(f", {k} {result[k]:.2f}" for k in keys if k in result)
+  return "".join(f", {k} {result[k]:.2f}" if isinstance(result[k], float) else f", {k} {result[k]}"
+                 for k in keys if k in result)

@@ -73,11 +73,12 @@ class SentenceCoder:
     return self.texts(ids.numpy())
 
   def sample_prior(self, count: int, seed: int = 0, temperature: float = 0.0) -> list[str]:
-    """Sentences decoded from z ~ N(0, I) (seeded)."""
+    """Sentences decoded from z ~ N(0, I), drawn as the exported `sample` signature draws it
+    (so a checkpoint and its SavedModel give the same sentences for the same seed)."""
     if count < 0:
       raise UserError(f"count must be >= 0, got {count}")
-    z = np.random.default_rng(seed).standard_normal([count, self.latent_dim])
-    return self.decode(z, temperature, seed)
+    z = tf.random.stateless_normal([count, self.latent_dim], tf.constant([seed, 1], tf.int32))
+    return self.decode(z.numpy(), temperature, seed)
 
   def reconstruct(self, sentences: list[str], temperature: float = 0.0, seed: int = 0
                   ) -> list[str]:

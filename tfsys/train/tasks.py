@@ -103,35 +103,14 @@ class SentenceTask:
 
     perplexity = exp(-Σ log p̂(x) / Σ tokens) with p̂ the k-sample bound (Burda et al. 2016):
     the figure compared with the RNNLM, whose bound is its exact likelihood. nll is the same per
-    sentence (Bowman et al. Table 2's unit); elbo_* are the 1-sample ELBO's.
+    sentence (Bowman et al. Table 2's unit); elbo* are the ELBO's, from the same samples.
     """
     e = self.config.eval
     sentences = self.sentences(split)
     if split == "valid" and e.max_sentences:   # periodic checks; the test is always read whole
       sentences = sentences[:e.max_sentences]
-    k = e.iw_samples if self.model.latent_dim else 1
-    log_px = rec = kl = tokens = 0.0
-    means, logvars = [], []
-    for j, batch in enumerate(eval_batches(sentences, e.batch_size, self.vocab.eos_id)):
-      out = self._evaluate_batch({key: tf.constant(v) for key, v in batch.items()},
-                                 tf.constant(k), tf.constant([self.config.seed, j * k], tf.int32))
-      log_px += float(tf.reduce_sum(out["log_px"]))
-      rec += float(tf.reduce_sum(out["rec_nll"]))
-      kl += float(tf.reduce_sum(out["kl"]))
-      tokens += float(batch["weights"].sum())
-      means.append(out["mean"].numpy())
-      logvars.append(out["logvar"].numpy())
-    n = len(sentences)
-    if not math.isfinite(log_px):
-      return {"loss": float("nan"), "perplexity": float("nan"), "num_tokens": int(tokens)}
-    mean, logvar = np.concatenate(means), np.concatenate(logvars)
-    return {"loss": -log_px / tokens, "perplexity": perplexity(-log_px / tokens),
-            "num_tokens": int(tokens), "num_sentences": n, "nll": -log_px / n,
-            "elbo": -(rec + kl) / n, "reconstruction_nll": rec / n, "kl": kl / n,
-            "elbo_perplexity": perplexity((rec + kl) / tokens),
-            "active_units": active_units(mean), "mutual_info": mutual_information(
-                mean[:MI_SENTENCES], logvar[:MI_SENTENCES], self.config.seed),
-            "iw_samples": k}
+    return evaluate_sentences(self._evaluate_batch, self.model.latent_dim, sentences,
+                              self.vocab.eos_id, e.batch_size, e.iw_samples, self.config.seed)
 
   def samples(self, step: int) -> list[str]:
     """Sentences from the prior (greedy from z ~ N(0, I), Bowman §4; the RNNLM samples at
@@ -172,3 +151,35 @@ def mutual_information(mean: np.ndarray, logvar: np.ndarray, seed: int = 0) -> f
     top = log_dens.max(axis=1, keepdims=True)
     log_qz[lo:lo + 100] = (top[:, 0] + np.log(np.exp(log_dens - top).sum(axis=1))) - math.log(n)
   return float(neg_entropy - log_qz.mean())
+
+
+def evaluate_sentences(evaluate_batch, latent_dim: int, sentences: list[np.ndarray], eos_id: int,
+                       batch_size: int, iw_samples: int, seed: int = 0) -> dict:
+  """SentenceTask.evaluate's figures for any list of sentences (word ids without <eos>);
+  evaluate_batch is the model's evaluate_batch (in a tf.function)."""
+  k = iw_samples if latent_dim else 1
+  log_px = elbo = rec = kl = tokens = 0.0
+  means, logvars = [], []
+  for j, batch in enumerate(eval_batches(sentences, batch_size, eos_id)):
+    out = evaluate_batch({key: tf.constant(v) for key, v in batch.items()},
+                         tf.constant(k), tf.constant([seed, j * k], tf.int32))
+    log_px += float(tf.reduce_sum(out["log_px"]))
+    elbo += float(tf.reduce_sum(out["elbo"]))
+    rec += float(tf.reduce_sum(out["rec_nll"]))
+    kl += float(tf.reduce_sum(out["kl"]))
+    tokens += float(batch["weights"].sum())
+    means.append(out["mean"].numpy())
+    logvars.append(out["logvar"].numpy())
+  n = len(sentences)
+  if not n:
+    raise UserError("no sentences to evaluate")
+  if not math.isfinite(log_px):
+    return {"loss": float("nan"), "perplexity": float("nan"), "num_tokens": int(tokens)}
+  mean, logvar = np.concatenate(means), np.concatenate(logvars)
+  return {"loss": -log_px / tokens, "perplexity": perplexity(-log_px / tokens),
+          "num_tokens": int(tokens), "num_sentences": n, "nll": -log_px / n,
+          "elbo": elbo / n, "reconstruction_nll": rec / n, "kl": kl / n,
+          "elbo_perplexity": perplexity(-elbo / tokens),
+          "active_units": active_units(mean),
+          "mutual_info": mutual_information(mean[:MI_SENTENCES], logvar[:MI_SENTENCES], seed),
+          "iw_samples": k}

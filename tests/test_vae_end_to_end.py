@@ -1,0 +1,157 @@
+"""The sentence VAE through the real scripts: train :smoke, sample, reconstruct, interpolate,
+impute, evaluate, export, and every signature called from a process that imports only
+TensorFlow, bad inputs included. Also: it trains under a data-parallel backend."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+ONLY_TF = r"""
+import json, sys
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+assert "tfsys" not in sys.modules and "models" not in sys.modules
+sig = m.signatures
+out = {"signatures": sorted(sig)}
+sentences = ["the company said", "", "zzyzx qqq unknownword", " ".join(["the"] * 50)]
+s = sig["serving_default"](sentences=tf.constant(sentences))
+out["score"] = {k: v.numpy().tolist() for k, v in s.items()}
+e = sig["encode"](sentences=tf.constant(sentences))
+out["encode"] = {k: v.shape.as_list() for k, v in e.items()}
+out["encode_truncated"] = e["truncated"].numpy().tolist()
+d = sig["decode"](z=e["mean"], temperature=tf.constant(0.0), seed=tf.constant(0))
+out["decode"] = [t.decode() for t in d["text"].numpy()]
+try:
+  sig["decode"](z=tf.zeros([1, e["mean"].shape[1] + 1]), temperature=tf.constant(0.0),
+                seed=tf.constant(0))
+  out["bad_z"] = None
+except (tf.errors.InvalidArgumentError, ValueError) as err:
+  out["bad_z"] = str(err)[:300]
+smp = lambda seed: sig["sample"](count=tf.constant(3), temperature=tf.constant(1.0),  # noqa: E731
+                                 seed=tf.constant(seed))["text"].numpy().astype(str).tolist()
+out["sample"] = [smp(5), smp(5), smp(6)]
+i = sig["interpolate"](first=tf.constant("the company said"), second=tf.constant("stocks fell"),
+                       steps=tf.constant(4))
+out["interpolate"] = {k: v.shape.as_list() for k, v in i.items()}
+out["empty_batch"] = {k: v.shape.as_list() for k, v in
+                      sig["serving_default"](sentences=tf.constant([], tf.string)).items()}
+assert "tfsys" not in sys.modules and "models" not in sys.modules
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _run(cmd, **kw):
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+  return proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("vae")
+  workdir = str(tmp / "run")
+  _run([PY, "scripts/train.py", "--config=configs/ptb_vae.py:smoke", f"--workdir={workdir}",
+        "--config.train.num_steps=20", "--config.model.feed_z=true"])
+  return tmp, workdir
+
+
+def test_train_writes_the_vae_metrics_and_results(trained):
+  _, workdir = trained
+  with open(os.path.join(workdir, "results.json")) as f:
+    r = json.load(f)
+  assert r["step"] == 20
+  for key in ("test_nll", "test_kl", "test_elbo", "test_reconstruction_nll", "test_active_units",
+              "test_mutual_info", "valid_nll", "test_elbo_perplexity"):
+    assert key in r, key
+  assert r["test_nll"] <= -r["test_elbo"] + 1e-3          # the bound is at least the ELBO
+  assert any(s.startswith("prior: ") for s in r["samples"])
+  assert any(s.startswith("reconstruct: ") for s in r["samples"])
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  tags = set()
+  for run in ("train", "eval"):
+    acc = EventAccumulator(os.path.join(workdir, run))
+    acc.Reload()
+    tags |= set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+  for tag in ("train/kl", "train/kl_weight", "train/elbo", "train/word_dropout",
+              "train/reconstruction_nll", "eval/nll", "eval/kl", "eval/perplexity",
+              "eval/elbo_perplexity", "eval/active_units", "eval/mutual_info", "eval/samples"):
+    assert tag in tags, tag
+
+
+def test_tools_sample_reconstruct_homotopy_impute_evaluate(trained):
+  _, workdir = trained
+  out, _ = _run([PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3",
+                 "--seed=4", "--temperature=1"])
+  assert len(out.strip().splitlines()) == 3
+  again, _ = _run([PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3",
+                   "--seed=4", "--temperature=1"])
+  assert again == out
+  out, _ = _run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=homotopy",
+                 "--sentence=the company said", "--sentence2=stocks fell sharply", "--steps=4"])
+  assert [line.split(":")[0] for line in out.strip().splitlines()] == ["0", "1", "2", "3"]
+  out, _ = _run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=impute",
+                 "--sentence=the company said it will buy the unit", "--num_missing=2"])
+  assert out.startswith("the company said it will buy")
+  long = " ".join(["the"] * 45)      # :smoke's max_length is 30
+  out, err = _run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=reconstruct",
+                   f"--sentence={long}", "--sentence=zzyzx unknownword"])
+  assert "cut to their first 30 words" in err and out.count("=>") == 2
+  out, _ = _run([PY, "scripts/evaluate.py", f"--workdir={workdir}", "--split=valid"])
+  assert "NLL" in out and "KL" in out and "active units" in out
+  proc = subprocess.run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=homotopy",
+                         "--sentence=a", "--sentence2=b", "--steps=1"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode != 0 and "at least 2 steps" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_export_and_every_signature_from_a_tensorflow_only_process(trained):
+  tmp, workdir = trained
+  export_dir = str(tmp / "export")
+  _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}"])
+  version = os.path.join(export_dir, "1")
+  out, _ = _run([PY, "-c", ONLY_TF, version], env={**os.environ, "PYTHONPATH": ""})
+  r = json.loads(out.split("RESULT", 1)[1])
+  assert r["signatures"] == ["decode", "encode", "interpolate", "sample", "score",
+                             "serving_default"]
+  score = r["score"]
+  assert score["num_tokens"] == [4, 1, 4, 31]                # words + <eos>; cut to 30 words
+  assert score["truncated"] == [False, False, False, True]
+  assert all(a >= -1e-3 for a in score["kl"])
+  assert all(nll <= -elbo + 1e-3 for nll, elbo in zip(score["iw_nll"], score["elbo"]))
+  assert r["encode"]["mean"] == [4, 8] and r["encode"]["log_variance"] == [4, 8]
+  assert r["encode_truncated"] == [False, False, False, True]
+  assert len(r["decode"]) == 4
+  assert r["bad_z"] and "z must be [batch, 8]" in r["bad_z"]
+  assert r["sample"][0] == r["sample"][1] and r["sample"][0] != r["sample"][2]
+  assert r["interpolate"] == {"text": [4], "z": [4, 8]}
+  assert r["empty_batch"]["iw_nll"] == [0]
+  # The checkpoint's sampler gives the SavedModel's sentences for the same seed.
+  out, _ = _run([PY, "scripts/sample.py", f"--saved_model={version}", "--num_sentences=3",
+                 "--seed=4", "--temperature=1"])
+  ckpt, _ = _run([PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3",
+                  "--seed=4", "--temperature=1"])
+  assert out == ckpt
+
+
+@pytest.mark.parametrize("backend", ["mirrored", "sync_backup"])
+def test_vae_trains_under_the_distributed_backends(backend, tmp_path):
+  """The same loop under data parallelism (2 logical CPUs) and backup workers (1 ps, N=1 of 2
+  workers): whole-sentence batches split by rows, the KL weight from the global step."""
+  workdir = str(tmp_path / "run")
+  train = ["scripts/train.py", "--config=configs/ptb_vae.py:smoke", f"--workdir={workdir}",
+           "--config.train.num_steps=6", f"--config.distribute.backend={backend}"]
+  if backend == "mirrored":
+    cmd = [PY, *train, "--config.distribute.num_logical_cpus=2"]
+  else:
+    cmd = [PY, "scripts/launch_local.py", "--num_ps=1", "--num_workers=2", "--", *train,
+           "--config.distribute.replicas_to_aggregate=1", "--config.distribute.total_num_replicas=2"]
+  _run(cmd)
+  with open(os.path.join(workdir, "results.json")) as f:
+    r = json.load(f)
+  assert r["step"] == 6 and r["test_nll"] > 0 and r["test_kl"] >= 0

@@ -1,0 +1,138 @@
+"""The serving contract of a sentence VAE (models/sentence_vae.py), on raw strings.
+
+Written by tfsys/export.py's `export()` like the language models' (same versioned layout, the
+vocabulary as an asset); everything runs in the graph. Sentences are split on whitespace, words
+outside the vocabulary read as <unk>, and a sentence longer than the model's max_length words
+(data.max_length) is cut to its first max_length words, which `truncated` reports.
+
+  serving_default, score
+           sentences string [B]
+           -> iw_nll float [B]       -log p(x) bounded with IW_SAMPLES importance samples
+                                     (Burda et al. 2016): what is compared with an RNNLM
+              elbo float [B]         the evidence lower bound, from the same samples (<= -iw_nll)
+              kl float [B]           KL(q(z|x) || N(0, I)), closed form
+              reconstruction_nll float [B]  E_q[-log p(x|z)] over the same samples
+              num_tokens int32 [B]   words + 1 (the sentence end)
+              perplexity float [B]   exp(iw_nll / num_tokens)
+              truncated bool [B]
+  encode   sentences string [B] -> mean float [B, D], log_variance float [B, D], truncated bool [B]
+  decode   z float [B, D], temperature float [], seed int32 [] -> text string [B]
+           (temperature 0: greedy, the seed unused; a z of another size is a request error)
+  sample   count int32 [], temperature float [], seed int32 [] -> text string [count], z [count, D]
+           sentences from z ~ N(0, I) drawn from the seed; the same seed, the same sentences
+  interpolate  first string [], second string [], steps int32 []
+           -> text string [steps], z float [steps, D]: greedy decodings along the line between
+           the two sentences' posterior means, both ends included (Bowman et al. §4.3)
+
+An RNNLM (latent_dim 0) exports serving_default/score (iw_nll is then its exact NLL and kl 0)
+and sample (temperature sampling from the empty state); it has no code to encode or decode.
+A generated sentence has at most max_length words.
+"""
+import tensorflow as tf
+
+IW_SAMPLES = 100   # importance samples of the exported bound (eval.iw_samples is for training)
+
+
+class SentenceVAEServer(tf.Module):
+
+  def __init__(self, model, vocab, vocab_asset_path: str, max_length: int):
+    super().__init__(name="vae_server")
+    self.model = model
+    self.max_length = max_length
+    self.latent_dim = model.latent_dim
+    self.eos_id = vocab.eos_id
+    self.vocab_file = tf.saved_model.Asset(vocab_asset_path)
+    whole, line = tf.lookup.TextFileIndex.WHOLE_LINE, tf.lookup.TextFileIndex.LINE_NUMBER
+    self.word_to_id = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(self.vocab_file, tf.string, whole, tf.int64, line),
+        default_value=vocab.unk_id)
+    self.id_to_word = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(self.vocab_file, tf.int64, line, tf.string, whole),
+        default_value=vocab.unk)
+    strings = tf.TensorSpec([None], tf.string)
+    scalar = lambda dtype: tf.TensorSpec([], dtype)  # noqa: E731
+    self.score = tf.function(self._score, input_signature=[strings])
+    self.sample = tf.function(self._sample, input_signature=[
+        scalar(tf.int32), scalar(tf.float32), scalar(tf.int32)])
+    if self.latent_dim:
+      self.encode = tf.function(self._encode, input_signature=[strings])
+      self.decode = tf.function(self._decode, input_signature=[
+          tf.TensorSpec([None, None], tf.float32), scalar(tf.float32), scalar(tf.int32)])
+      self.interpolate = tf.function(self._interpolate, input_signature=[
+          scalar(tf.string), scalar(tf.string), scalar(tf.int32)])
+
+  def signatures(self) -> dict:
+    out = {"serving_default": self.score, "score": self.score, "sample": self.sample}
+    if self.latent_dim:
+      out.update(encode=self.encode, decode=self.decode, interpolate=self.interpolate)
+    return out
+
+  # ---------------------------------------------------------------- helpers
+  def _batch(self, sentences):
+    """Raw sentences -> the model's padded batch (tfsys/data/sentences.py's layout) and which
+    sentences were cut to max_length words."""
+    words = tf.strings.split(sentences)
+    truncated = words.row_lengths() > self.max_length
+    words = words[:, :self.max_length]
+    ids = tf.ragged.map_flat_values(lambda w: tf.cast(self.word_to_id.lookup(w), tf.int32), words)
+    batch = tf.shape(sentences)[0]
+    lengths = tf.cast(ids.row_lengths(), tf.int32) + 1
+    width = tf.maximum(tf.reduce_max(tf.concat([lengths, [1]], 0)), 1)
+    eos = tf.fill([batch, 1], self.eos_id)
+    return {"inputs": tf.concat([eos, ids], 1).to_tensor(self.eos_id, shape=[batch, width]),
+            "targets": tf.concat([ids, eos], 1).to_tensor(self.eos_id, shape=[batch, width]),
+            "weights": tf.sequence_mask(lengths, width, tf.float32),
+            "lengths": lengths}, truncated
+
+  def _text(self, ids):
+    """Generated ids [B, L] -> one string per row: the words before the first <eos>."""
+    before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, self.eos_id), tf.int32), axis=1), 0)
+    kept = tf.ragged.boolean_mask(ids, before_end)
+    words = tf.ragged.map_flat_values(
+        lambda i: self.id_to_word.lookup(tf.cast(i, tf.int64)), kept)
+    return tf.strings.reduce_join(words, axis=1, separator=" ")
+
+  def _generate(self, z, temperature, seed):
+    tf.debugging.assert_greater_equal(temperature, 0.0,
+                                      message="temperature must be >= 0 (0 = greedy)")
+    batch = tf.shape(z)[0]
+    state = self.model.decoder_state(z, batch)
+    ids = self.model.decode(z, state, tf.fill([batch], self.eos_id), self.max_length,
+                            temperature, tf.stack([seed, 0]))
+    return self._text(ids)
+
+  # ---------------------------------------------------------------- signatures
+  def _score(self, sentences):
+    batch, truncated = self._batch(sentences)
+    out = self.model.evaluate_batch(batch, IW_SAMPLES if self.latent_dim else 1,
+                                    tf.constant([0, 0]))
+    iw_nll = -out["log_px"]
+    tokens = batch["lengths"]
+    return {"iw_nll": iw_nll, "elbo": out["elbo"], "kl": out["kl"],
+            "reconstruction_nll": out["rec_nll"], "num_tokens": tokens,
+            "perplexity": tf.exp(iw_nll / tf.cast(tokens, tf.float32)), "truncated": truncated}
+
+  def _encode(self, sentences):
+    batch, truncated = self._batch(sentences)
+    mean, logvar = self.model.encode(batch["targets"], batch["lengths"])
+    return {"mean": mean, "log_variance": logvar, "truncated": truncated}
+
+  def _decode(self, z, temperature, seed):
+    check = tf.debugging.assert_equal(tf.shape(z)[1], self.latent_dim,
+                                      message=f"z must be [batch, {self.latent_dim}]")
+    with tf.control_dependencies([check]):   # this message, before ensure_shape's own
+      z = tf.ensure_shape(tf.identity(z), [None, self.latent_dim])
+    return {"text": self._generate(z, temperature, seed)}
+
+  def _sample(self, count, temperature, seed):
+    tf.debugging.assert_non_negative(count, message="count must be >= 0")
+    z = tf.random.stateless_normal([count, self.latent_dim], tf.stack([seed, 1]))
+    return {"text": self._generate(z, temperature, seed), "z": z}
+
+  def _interpolate(self, first, second, steps):
+    tf.debugging.assert_greater_equal(steps, 2, message="steps must be >= 2 (both ends)")
+    batch, _ = self._batch(tf.stack([first, second]))
+    mean, _ = self.model.encode(batch["targets"], batch["lengths"])
+    t = tf.linspace(0.0, 1.0, steps)[:, None]
+    z = (1.0 - t) * mean[0] + t * mean[1]
+    return {"text": self._generate(z, tf.constant(0.0), tf.constant(0)), "z": z}
