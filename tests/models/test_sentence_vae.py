@@ -121,7 +121,7 @@ def test_free_bits_raise_each_dimensions_kl_to_the_floor():
     tf.random.set_seed(7)                     # the same z sample for both
     loss, metrics, _ = model.loss(batch, (), training=True, step=0)
     losses[bits] = (float(loss), metrics)
-  (l0, m0), (l3, m3) = losses[0.0], losses[3.0]
+  (l0, m0), (l3, _) = losses[0.0], losses[3.0]
   n, tokens = float(m0["num_sentences"]), float(m0["num_tokens"])
   kl = float(m0["kl_sum"])
   assert kl / n / 8 < 3.0                     # an untrained posterior: below the floor everywhere
