@@ -149,6 +149,7 @@ class Run:
                                f"({latest}) is kept") from None
     writers.scalars("eval", step, {f"eval/{k}": v for k, v in result.items()
                                    if k not in ("num_tokens", "num_sentences", "iw_samples")})
+    writers.scalars("train", step, self.task.train_figures())
     writers.text("eval", step, "eval/samples",
                  "\n\n".join(f"{k + 1}. " + s.replace("\n", " / ") for k, s in enumerate(samples)))
     logging.info("step %d: validation perplexity %.2f (%d tokens)%s", step, result["perplexity"],

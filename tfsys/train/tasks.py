@@ -57,6 +57,9 @@ class StreamTask:
     return self.evaluator.perplexity(self.corpus.token_ids(split, self.vocab),
                                      self.config.eval.max_tokens)
 
+  def train_figures(self) -> dict:
+    return {}
+
   def samples(self, step: int) -> list[str]:
     e = self.config.eval
     return [render(self.sampler.generate("", e.sample_words, e.temperature, seed=step * 100 + k),
@@ -111,6 +114,21 @@ class SentenceTask:
       sentences = sentences[:e.max_sentences]
     return evaluate_sentences(self._evaluate_batch, self.model.latent_dim, sentences,
                               self.vocab.eos_id, e.batch_size, e.iw_samples, self.config.seed)
+
+  def train_figures(self) -> dict:
+    """Active units and mutual information on the first MI_SENTENCES training sentences (the
+    posterior only: cheap), for the train/ run next to the validation figures."""
+    if not self.model.latent_dim:
+      return {}
+    means, logvars = [], []
+    sentences = self.sentences("train")[:MI_SENTENCES]
+    for batch in eval_batches(sentences, self.config.eval.batch_size, self.vocab.eos_id):
+      mean, logvar = self.coder._encode(tf.constant(batch["targets"]), tf.constant(batch["lengths"]))
+      means.append(mean.numpy())
+      logvars.append(logvar.numpy())
+    mean, logvar = np.concatenate(means), np.concatenate(logvars)
+    return {"train/active_units": active_units(mean),
+            "train/mutual_info": mutual_information(mean, logvar, self.config.seed)}
 
   def samples(self, step: int) -> list[str]:
     """Sentences from the prior (greedy from z ~ N(0, I), Bowman §4; the RNNLM samples at
