@@ -21,6 +21,10 @@ def main(argv):
     return
   print(f"\nvalidation perplexity {results['valid_perplexity']:.2f}, "
         f"test perplexity {results['test_perplexity']:.2f} after {results['step']} steps")
+  if "test_nll" in results:   # a sentence model: nats per sentence, and what z carries
+    print(f"test NLL {results['test_nll']:.2f} (importance-weighted bound), ELBO "
+          f"{results['test_elbo']:.2f}, KL {results['test_kl']:.2f}, active units "
+          f"{results['test_active_units']}, mutual information {results['test_mutual_info']:.3f}")
   for k, s in enumerate(results["samples"]):
     print(f"sample {k + 1}: {s.replace(chr(10), ' / ')}")
   print(f"\nTensorBoard: tensorboard --logdir {_WORKDIR.value} --host 127.0.0.1 --port 6006")

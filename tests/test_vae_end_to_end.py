@@ -55,8 +55,9 @@ def _run(cmd, **kw):
 def trained(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("vae")
   workdir = str(tmp / "run")
-  _run([PY, "scripts/train.py", "--config=configs/ptb_vae.py:smoke", f"--workdir={workdir}",
-        "--config.train.num_steps=20", "--config.model.feed_z=true"])
+  out, _ = _run([PY, "scripts/train.py", "--config=configs/ptb_vae.py:smoke",
+                 f"--workdir={workdir}", "--config.train.num_steps=20", "--config.model.feed_z=true"])
+  assert "test NLL" in out and "KL" in out and "TensorBoard: tensorboard --logdir" in out
   return tmp, workdir
 
 
@@ -157,5 +158,5 @@ def test_vae_trains_under_the_distributed_backends(backend, tmp_path):
   _run(cmd)
   with open(os.path.join(workdir, "results.json")) as f:
     r = json.load(f)
-  # async_ps may apply up to (workers - 1) updates past the last step it hands out.
-  assert 6 <= r["step"] <= 7 and r["test_nll"] > 0 and r["test_kl"] >= 0
+  assert r["step"] == 6 and r["test_nll"] > 0
+  assert r["test_kl"] >= -1e-4   # a KL near 0 can come out a rounding error below it
