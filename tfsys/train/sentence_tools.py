@@ -53,14 +53,17 @@ class SentenceCoder:
   def texts(self, ids) -> list[str]:
     return [" ".join(w) for w in words_of(ids, self.vocab.words, self.model.eos_id)]
 
+  def posterior(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    """μ and log σ² [B, D] for a padded batch (tfsys/data/sentences.py's layout)."""
+    mean, logvar = self._encode(tf.constant(batch["targets"]), tf.constant(batch["lengths"]))
+    return mean.numpy(), logvar.numpy()
+
   # ---------------------------------------------------------------- tools
   def encode(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and log variance [B, D] of each sentence."""
     self._need_latent("encode")
     ids, _ = self.ids(sentences)
-    b = batch_of(ids, self.model.eos_id)
-    mean, logvar = self._encode(tf.constant(b["targets"]), tf.constant(b["lengths"]))
-    return mean.numpy(), logvar.numpy()
+    return self.posterior(batch_of(ids, self.model.eos_id))
 
   def decode(self, z: np.ndarray, temperature: float = 0.0, seed: int = 0) -> list[str]:
     z = np.asarray(z, np.float32)

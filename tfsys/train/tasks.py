@@ -123,9 +123,9 @@ class SentenceTask:
     means, logvars = [], []
     sentences = self.sentences("train")[:MI_SENTENCES]
     for batch in eval_batches(sentences, self.config.eval.batch_size, self.vocab.eos_id):
-      mean, logvar = self.coder._encode(tf.constant(batch["targets"]), tf.constant(batch["lengths"]))
-      means.append(mean.numpy())
-      logvars.append(logvar.numpy())
+      mean, logvar = self.coder.posterior(batch)
+      means.append(mean)
+      logvars.append(logvar)
     mean, logvar = np.concatenate(means), np.concatenate(logvars)
     return {"train/active_units": active_units(mean),
             "train/mutual_info": mutual_information(mean, logvar, self.config.seed)}
