@@ -53,6 +53,20 @@ MAX_GENERATE_WORDS = 1000
 TOP_K = 10
 
 
+def vocab_tables(vocab, vocab_asset_path: str):
+  """The vocabulary asset and its two in-graph lookups: word -> id (<unk>'s id for unknown
+  words) and id -> word (line number = id)."""
+  asset = tf.saved_model.Asset(vocab_asset_path)
+  whole, line = tf.lookup.TextFileIndex.WHOLE_LINE, tf.lookup.TextFileIndex.LINE_NUMBER
+  word_to_id = tf.lookup.StaticHashTable(
+      tf.lookup.TextFileInitializer(asset, tf.string, whole, tf.int64, line),
+      default_value=vocab.unk_id)
+  id_to_word = tf.lookup.StaticHashTable(
+      tf.lookup.TextFileInitializer(asset, tf.int64, line, tf.string, whole),
+      default_value=vocab.unk)
+  return asset, word_to_id, id_to_word
+
+
 class LanguageModelServer(tf.Module):
   """The exported object: the model's variables, the vocabulary tables and the signatures."""
 
@@ -64,14 +78,7 @@ class LanguageModelServer(tf.Module):
     self.max_word_length = config.max_word_length
     self.vocab_size = len(vocab)
     self.eos, self.eos_id, self.unk_id = vocab.eos, vocab.eos_id, vocab.unk_id
-    self.vocab_file = tf.saved_model.Asset(vocab_asset_path)
-    whole, line = tf.lookup.TextFileIndex.WHOLE_LINE, tf.lookup.TextFileIndex.LINE_NUMBER
-    self.word_to_id = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(self.vocab_file, tf.string, whole, tf.int64, line),
-        default_value=vocab.unk_id)
-    self.id_to_word = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(self.vocab_file, tf.int64, line, tf.string, whole),
-        default_value=vocab.unk)
+    self.vocab_file, self.word_to_id, self.id_to_word = vocab_tables(vocab, vocab_asset_path)
     self.state_sizes = []
     for c, h in model.initial_state(1):
       self.state_sizes += [c.shape[-1], h.shape[-1]]

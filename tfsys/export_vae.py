@@ -30,6 +30,8 @@ A generated sentence has at most max_length words.
 """
 import tensorflow as tf
 
+from tfsys.export import vocab_tables
+
 IW_SAMPLES = 100   # importance samples of the exported bound (eval.iw_samples is for training)
 
 
@@ -41,14 +43,7 @@ class SentenceVAEServer(tf.Module):
     self.max_length = max_length
     self.latent_dim = model.latent_dim
     self.eos_id = vocab.eos_id
-    self.vocab_file = tf.saved_model.Asset(vocab_asset_path)
-    whole, line = tf.lookup.TextFileIndex.WHOLE_LINE, tf.lookup.TextFileIndex.LINE_NUMBER
-    self.word_to_id = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(self.vocab_file, tf.string, whole, tf.int64, line),
-        default_value=vocab.unk_id)
-    self.id_to_word = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(self.vocab_file, tf.int64, line, tf.string, whole),
-        default_value=vocab.unk)
+    self.vocab_file, self.word_to_id, self.id_to_word = vocab_tables(vocab, vocab_asset_path)
     strings = tf.TensorSpec([None], tf.string)
     scalar = lambda dtype: tf.TensorSpec([], dtype)  # noqa: E731
     self.score = tf.function(self._score, input_signature=[strings])
