@@ -91,10 +91,16 @@ def _train_allreduce(run: Run) -> dict:
     out, new_state = strategy.run(step_fn, args=(batch, state))
     first = lambda v: strategy.experimental_local_results(v)[0]
     mean = lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-    total = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-    result = {"loss": mean(out["loss"]), "grad_norm": first(out["grad_norm"]),
+    # One cross-replica sum for the loss (as a mean) and every metric sum, not one each: with
+    # worker processes each reduction is a collective on the step's critical path.
+    names = sorted(out["metrics"])
+    packed = strategy.run(lambda o: tf.stack([o["loss"] / replicas] +
+                                             [tf.cast(o["metrics"][k], tf.float32) for k in names]),
+                          args=(out,))
+    summed = strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
+    result = {"loss": summed[0], "grad_norm": first(out["grad_norm"]),
               "learning_rate": first(out["learning_rate"]),
-              "metrics": tf.nest.map_structure(total, out["metrics"])}
+              "metrics": {k: summed[i + 1] for i, k in enumerate(names)}}
     if track_noise:
       result.update(small_sq=mean(out["small_sq"]), big_sq=first(out["big_sq"]))
     return result, new_state
