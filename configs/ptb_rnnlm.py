@@ -17,4 +17,5 @@ def get_config(arg=None):
   config.model.latent_dim = 0
   config.model.word_dropout = 0.0   # an LM without a code gains nothing from weakening its inputs
   config.model.kl_schedule = "constant"
+  config.model.free_bits = 0.0      # no latent code, no KL
   return ptb_vae.variant(config, arg)

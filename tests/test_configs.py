@@ -62,3 +62,14 @@ def test_diverged_weights_are_never_checkpointed(tmp_path):
   with pytest.raises(NonFiniteLossError, match="not finite"):
     train_and_evaluate(cfg, str(tmp_path))
   assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-*.index"))
+
+
+def test_sentence_vae_variants_change_what_they_name():
+  from configs import ptb_rnnlm, ptb_vae
+  base = ptb_vae.get_config()
+  assert base.model.free_bits == 0.1 and base.model.kl_schedule == "logistic"
+  assert ptb_vae.get_config("bowman").model.free_bits == 0.0
+  assert ptb_vae.get_config("cyclical").model.kl_schedule == "cyclical"
+  assert ptb_vae.get_config("inputless").model.word_dropout == 1.0
+  rnnlm = ptb_rnnlm.get_config()   # the baseline: no code, so nothing for free bits to hold up
+  assert rnnlm.model.latent_dim == 0 and rnnlm.model.free_bits == 0.0
