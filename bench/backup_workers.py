@@ -3,8 +3,9 @@
   python bench/backup_workers.py [--steps=150] [--compute_ms=30] [--scale_ms=40] [--shape=1.5]
 
 Trains the language model (configs/ptb_char_cnn_lstm.py:smoke, 1 ps task, a chief and N = 3
-gradients per step) through scripts/launch_local.py, every worker sleeping compute_ms per step
-as simulated compute, in two straggler scenarios of DESIGN.md §3:
+gradients per step) through scripts/launch_local.py with compute_ms of simulated compute per
+step (every worker's gradient takes that long: the smoke model's own computation, and a sleep
+for the rest), in two straggler scenarios of DESIGN.md §3:
   one   worker 0 is also late every step by scale_ms × (1 + Pareto(shape)) (heavy-tailed);
   all   every worker is late so, with probability 0.1 per step.
 For each it measures the chief's step times (mean / p50 / p90 / p99, from sync_steps.jsonl,

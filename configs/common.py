@@ -93,9 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.distribute.log_workers_every = 100  # sync_backup: log which workers a step used
   config.distribute.wait_log_secs = 10.0  # sync_backup: say whom the chief waits for this often
   config.distribute.chief_timeout_secs = 30.0  # ps workers: exit once the chief is gone this long
-  # Straggler injection (tests, benchmarks): every ps worker sleeps compute_ms per step before
-  # pushing its gradient (simulated compute); the chosen workers also sleep, with `probability`
-  # per step, a Pareto delay of scale_ms * (1 + Pareto(shape)) (heavy-tailed, >= scale_ms).
+  # Straggler injection (tests, benchmarks): every ps worker's step of compute takes at least
+  # compute_ms (simulated compute: it sleeps what its real computation left of it); the chosen
+  # workers also sleep, with `probability` per step, scale_ms * (1 + Pareto(shape)) more
+  # (heavy-tailed, >= scale_ms).
   config.distribute.straggler = ml_collections.ConfigDict()
   config.distribute.straggler.compute_ms = 0.0
   config.distribute.straggler.workers = ""   # "" (none) | "all" | worker indices, e.g. "0,2"

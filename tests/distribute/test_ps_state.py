@@ -47,6 +47,8 @@ def _straggler(**settings):
 def test_straggler_delays():
   plain = Straggler(_straggler(compute_ms=30, workers="1", scale_ms=40), worker=0, seed=0)
   assert [plain.delay_secs() for _ in range(3)] == [0.03] * 3
+  # compute_ms is what the whole computation takes: the real part is not slept again
+  assert plain.delay_secs(0.01) == pytest.approx(0.02) and plain.delay_secs(0.05) == 0.0
   slow = Straggler(_straggler(compute_ms=30, workers="0,1", scale_ms=40), worker=1, seed=0)
   delays = np.array([slow.delay_secs() for _ in range(2000)])
   assert delays.min() >= 0.07                      # scale_ms is the Pareto minimum

@@ -61,6 +61,7 @@ def test_late_gradients_are_dropped_and_never_applied(tmp_path):
   assert late and set(late) == {0}
   assert all(secs >= 0.4 for r in settled for _, _, secs in r["dropped"])
   dropped = [w for r in records for w, _, _ in r["dropped"]]
+  assert all(fp != 0 for r in records for fp in r["fingerprints"].values())  # not a blank check
   for r in records:  # each late gradient was computed for a step already applied without it
     assert all(t < r["step"] - 1 for _, t, _ in r["dropped"])
     # What was applied is the average of exactly the committed gradients of the used workers:
@@ -180,12 +181,13 @@ def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
       tasks2.kill_all()
 
 
-def test_without_backups_the_chief_waits_and_says_for_whom(tmp_path):
+def test_without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves(tmp_path):
   workdir = str(tmp_path / "run")
   spec = cluster_spec(num_workers=2, num_ps=1)
   command = [*TRAIN, f"--workdir={workdir}", "--config.distribute.backend=sync_backup",
              "--config.distribute.replicas_to_aggregate=2",
-             "--config.distribute.total_num_replicas=2", "--config.train.num_steps=10",
+             "--config.distribute.total_num_replicas=2", "--config.train.num_steps=100000",
+             "--config.train.checkpoint_every=1000000", "--config.eval.every_steps=1000000",
              "--config.distribute.wait_log_secs=2"]
   tasks = _Tasks(spec, command, str(tmp_path / "logs"))
   try:
@@ -194,8 +196,19 @@ def test_without_backups_the_chief_waits_and_says_for_whom(tmp_path):
     _wait(lambda: "waiting for worker1" in tasks.log("chief0"), 120, "the chief to name worker1")
     assert not os.path.exists(os.path.join(workdir, "sync_steps.jsonl")) or not _records(workdir)
     tasks.start("worker", 1)                   # it arrives late: training proceeds
-    assert tasks.procs["chief0"].wait(timeout=120) == 0, tasks.log("chief0")[-3000:]
-    assert all(r["used"] == [0, 1] for r in _records(workdir))
+    _wait(lambda: "step 30/" in tasks.log("chief0"), 120, "30 steps")
+    # Ctrl-C while steps run on the ps: the chief stops them after the step under way, records
+    # every step applied and saves exactly there.
+    tasks.procs["chief0"].send_signal(signal.SIGINT)
+    assert tasks.procs["chief0"].wait(timeout=60) == 130, tasks.log("chief0")[-3000:]
+    saved = int(tasks.log("chief0").rsplit("interrupted at step ", 1)[1].split(";")[0])
+    state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+    assert state.model_checkpoint_path.endswith(f"ckpt-{saved}")
+    records = _records(workdir)
+    assert [r["step"] for r in records] == list(range(1, saved + 1))
+    assert all(r["used"] == [0, 1] for r in records)
+    for name in ("worker0", "worker1"):        # the chief closed their token queues
+      assert tasks.procs[name].wait(timeout=60) == 0
   finally:
     tasks.kill_all()
 

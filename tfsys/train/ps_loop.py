@@ -88,8 +88,10 @@ def serve(backend) -> None:
 
 
 class Straggler:
-  """Injected delay of one worker: compute_ms, plus for a chosen worker with `probability` a
-  heavy-tailed scale_ms * (1 + Pareto(shape)) (the delays of Chen et al.'s Fig. 2 are)."""
+  """Injected delay of one worker: simulated compute, so that its step's compute takes at least
+  compute_ms in all (the real gradient computation counts towards it), plus for a chosen worker
+  with `probability` a heavy-tailed scale_ms * (1 + Pareto(shape)) (the delays of Chen et al.'s
+  Fig. 2 are)."""
 
   def __init__(self, c, worker: int, seed: int):
     spec = c.workers.strip()
@@ -104,8 +106,9 @@ class Straggler:
     self.c, self.chosen = c, chosen
     self.rng = np.random.default_rng([seed, worker])
 
-  def delay_secs(self) -> float:
-    ms = self.c.compute_ms
+  def delay_secs(self, computed_secs: float = 0.0) -> float:
+    """Seconds to sleep after a gradient that took `computed_secs` to compute."""
+    ms = max(self.c.compute_ms - computed_secs * 1e3, 0.0)
     if self.chosen and self.c.scale_ms and self.rng.random() < self.c.probability:
       ms += self.c.scale_ms * (1.0 + self.rng.pareto(self.c.shape))
     return ms / 1e3
@@ -127,12 +130,17 @@ class SharedState:
     self.commits = ps_lib.commit_queue(devices[0])
     self.started_queue = ps_lib.started_queue(devices[0])
     self.sizes = self.params.sizes
+    cluster = r.backend.cluster
+    self.local_device = f"/job:{cluster.task_type}/replica:0/task:{cluster.task_index}/device:CPU:0"
     if ps.kind == "sync_backup":
       # The step of each worker's latest commit: whom a waiting chief is waiting for.
       self.committed = ps_lib.shared_variable("committed", [ps.num_workers], tf.int64, devices[0])
       self.tokens = [ps_lib.token_queue(w, devices[0]) for w in range(ps.num_workers)]
       self.buffers = [[ps_lib.shared_variable(f"grads/{w}/{j}", [max(n, 1)], tf.float32, devices[j])
                        for j, n in enumerate(self.sizes)] for w in range(ps.num_workers)]
+      self.fingerprint_vectors = [
+          ps_lib.shared_variable(f"fingerprint/{j}", [length], tf.float32, devices[j])
+          for j, (_, length) in enumerate(self._fingerprint_layout())]
 
   def flatten(self, grads) -> list:
     """A gradient list as one flat vector per ps task, in that task's layout (dense)."""
@@ -158,18 +166,31 @@ class SharedState:
         updates.append(opt._update(self.params.flats[j], flat * scale, learning_rate, t, *slots))  # pylint: disable=protected-access
     return norm, updates
 
+  def _fingerprint_layout(self):
+    """(stride, length) of the subsample a fingerprint looks at, per ps task."""
+    out = []
+    for size in self.sizes:
+      size = size or 1
+      stride = -(-size // FINGERPRINT_SIZE)
+      out.append((stride, -(-size // stride)))
+    return out
+
+  def set_fingerprint_vectors(self) -> None:
+    """The chief puts the fixed random vectors of `fingerprint` on the ps tasks (once, instead
+    of every client drawing them at every push)."""
+    for j, (_, length) in enumerate(self._fingerprint_layout()):
+      with tf.device(self.devices[j]):
+        self.fingerprint_vectors[j].assign(
+            tf.random.stateless_normal([length], seed=[20160404, j]))
+
   def fingerprint(self, flats):
     """r·g over a fixed subsample of at most FINGERPRINT_SIZE elements per ps task, r a fixed
     random vector: linear, so the fingerprint of an average is the average of the fingerprints
     (the step record checks it), and cheap however large the model."""
     out = []
-    for j, flat in enumerate(flats):
+    for j, (flat, (stride, _)) in enumerate(zip(flats, self._fingerprint_layout())):
       with tf.device(self.devices[j]):
-        size = self.sizes[j] or 1
-        stride = -(-size // FINGERPRINT_SIZE)
-        sample = flat[::stride]
-        r = tf.random.stateless_normal([-(-size // stride)], seed=[20160404, j])
-        out.append(tf.reduce_sum(r * sample))
+        out.append(tf.reduce_sum(self.fingerprint_vectors[j] * flat[::stride]))
     return tf.add_n(out)
 
   def pull_slots(self) -> None:
@@ -209,31 +230,41 @@ class SharedState:
         tf.raw_ops.QueueEnqueueV2(handle=self.started_queue, components=[tf.constant(1, tf.int64)])
 
 
-def _patiently(fn, every_secs: float, on_wait):
-  """fn() run in a daemon thread; on_wait(seconds waited) every `every_secs` until it returns.
+class _Call:
+  """fn() run in a daemon thread, waited for with `wait`.
 
   A daemon thread, so that a process that gives up (the chief is gone) is not held at exit by
-  a call still blocked on the ps.
+  a call still blocked on the ps; and the main thread stays free to take a KeyboardInterrupt
+  and wait again. Completion is an Event, not Thread.join: a join interrupted by
+  KeyboardInterrupt can leave the thread looking finished while it still runs (CPython 3.11).
   """
-  result = {}
 
-  def target():
-    try:
-      result["value"] = fn()
-    except BaseException as e:  # re-raised in the caller
-      result["error"] = e
-  thread = threading.Thread(target=target, daemon=True)
-  thread.start()
-  waited = 0.0
-  while True:
-    thread.join(every_secs)
-    if not thread.is_alive():
-      break
-    waited += every_secs
-    on_wait(waited)
-  if "error" in result:
-    raise result["error"]
-  return result["value"]
+  def __init__(self, fn):
+    self._result, self._done = {}, threading.Event()
+
+    def target():
+      try:
+        self._result["value"] = fn()
+      except BaseException as e:  # re-raised in the caller
+        self._result["error"] = e
+      finally:
+        self._done.set()
+    threading.Thread(target=target, daemon=True).start()
+
+  def wait(self, every_secs: float, on_wait):
+    """fn()'s result; on_wait(seconds waited) every `every_secs` until it returns."""
+    waited = 0.0
+    while not self._done.wait(every_secs):
+      waited += every_secs
+      on_wait(waited)
+    if "error" in self._result:
+      raise self._result["error"]
+    return self._result["value"]
+
+
+def _patiently(fn, every_secs: float, on_wait):
+  """fn() run in a daemon thread; on_wait(seconds waited) every `every_secs` until it returns."""
+  return _Call(fn).wait(every_secs, on_wait)
 
 
 # ==================================================================== sync_backup
@@ -249,40 +280,99 @@ class SyncChief:
     W = self.num_workers
 
     @tf.function
-    def take_commits(n):
-      """The next n commits (blocks until there are n)."""
+    def steps_on_ps(n, first, rates, ts):
+      """Runs steps first, first + 1, ... (one per rate) on the ps tasks, in one call. Each
+      step takes commits in arrival order until N distinct workers have one for it, applies
+      the average of those workers' buffers, increments global_step and only then puts the new
+      step on every token queue (no worker reads parameters of a half-applied step). Every op
+      runs on the ps tasks: steps follow one another there without a round trip to this
+      process. A commit from worker -1 (`stop`) ends the call before its step is applied.
+
+      Returns every commit taken, in arrival order, as (worker, step, loss, secs, fingerprint,
+      index of the step that took it), and per step applied (grad norm, sum over used |g_w|^2,
+      |mean g|^2, fingerprint of the mean applied, ps time when its tokens went out), all
+      copied here.
+      """
+      count = tf.shape(rates)[0]
       with tf.device(s.devices[0]):
-        return tf.raw_ops.QueueDequeueManyV2(handle=s.commits, n=n,
-                                             component_types=ps_lib.COMMIT_TYPES)
+        nf = tf.cast(n, tf.float32)
+
+        def collect(step, at, taken):
+          """Commits until N distinct workers have one for `step`, or a stop."""
+          def more(mask, stop, *_):
+            return tf.logical_and(tf.reduce_sum(mask) < nf, tf.logical_not(stop))
+
+          def take(mask, stop, *taken):
+            got = [tf.reshape(c, []) for c in tf.raw_ops.QueueDequeueV2(
+                handle=s.commits, component_types=ps_lib.COMMIT_TYPES)]
+            w, t = got[0], got[1]
+            stop = w < 0
+            # The first commit of each worker for this step counts; one for an older step is a
+            # dropped gradient; a second for this step (a restarted worker) counts for nothing.
+            hit = tf.cast(tf.logical_and(tf.equal(t, step), tf.logical_not(stop)), tf.float32)
+            mask = tf.maximum(mask, hit * tf.one_hot(tf.maximum(w, 0), W))
+            return (mask, stop,
+                    *(tf.concat([a, [b]], 0) for a, b in zip(taken, [*got, at])))
+
+          mask, stop, *taken = tf.while_loop(
+              more, take, [tf.zeros([W]), tf.constant(False), *taken],
+              shape_invariants=[tf.TensorShape([W]), tf.TensorShape([])]
+              + [tf.TensorShape([None])] * len(taken), parallel_iterations=1)
+          return mask, stop, taken
+
+        def apply(step, mask, rate, t):
+          flats, small = [], []
+          for j in range(len(s.devices)):
+            with tf.device(s.devices[j]), tf.control_dependencies([mask]):  # once committed
+              bufs = [s.buffers[w][j].read_value() for w in range(W)]
+              flats.append(tf.add_n([mask[w] * bufs[w] for w in range(W)]) / nf)
+              small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(bufs[w]))
+                                     for w in range(W)]))
+          big_sq = tf.add_n([tf.reduce_sum(tf.square(f)) for f in flats])
+          norm, updates = s.apply(flats, rate, t)
+          fingerprint = s.fingerprint(flats)
+          with tf.control_dependencies(updates):
+            inc = s.global_step.assign_add(1, read_value=False)
+          with tf.control_dependencies([inc]):
+            new = s.global_step.read_value()
+            published = [tf.raw_ops.QueueEnqueueV2(handle=q, components=[new]) for q in s.tokens]
+          with tf.control_dependencies(published):
+            return tf.stack([norm, tf.add_n(small), big_sq, fingerprint])
+
+        def more_steps(i, stop, *_):
+          return tf.logical_and(i < count, tf.logical_not(stop))
+
+        def one_step(i, stop, stats, times, *taken):
+          step = first + tf.cast(i, tf.int64)
+          mask, stop, taken = collect(step, tf.cast(i, tf.int64), taken)
+
+          def applied():
+            out = apply(step, mask, rates[i], ts[i])
+            with tf.control_dependencies([out]):
+              return out, tf.timestamp()
+          out, when = tf.cond(stop, lambda: (tf.zeros([4]), tf.constant(0.0, tf.float64)),
+                              applied)
+          with tf.control_dependencies([out, when]):  # the next step starts after this one
+            nxt = tf.where(stop, i, i + 1)
+          return (nxt, stop, stats.write(i, out), times.write(i, when), *taken)
+
+        empty = [tf.zeros([0], dtype) for dtype in (*ps_lib.COMMIT_TYPES, tf.int64)]
+        done, _, stats, times, *taken = tf.while_loop(
+            more_steps, one_step,
+            [tf.constant(0), tf.constant(False), tf.TensorArray(tf.float32, size=count),
+             tf.TensorArray(tf.float64, size=count), *empty],
+            shape_invariants=[tf.TensorShape([]), tf.TensorShape([]), None, None]
+            + [tf.TensorShape([None])] * len(empty), parallel_iterations=1)
+        stats, times = stats.stack()[:done], times.stack()[:done]
+      # Copied to this process inside the call, not left as remote handles to fetch one by one.
+      with tf.device(s.local_device):
+        return [tf.identity(x) for x in (*taken, stats, times)]
 
     @tf.function
-    def apply_and_publish(mask, rate, t):
-      """Applies the average of the gradients of the workers with mask[w] = 1, then increments
-      global_step, then puts the new step on every token queue: no worker can read parameters
-      of a half-applied step. Returns (grad norm, Σ_used |g_w|², |mean g|², fingerprint of the
-      mean gradient applied). Every op runs on the ps tasks (lr and Adam's t come in as values),
-      which makes this one remote call."""
-      used = tf.reduce_sum(mask)
-      flats, small = [], []
-      for j in range(len(s.devices)):
-        with tf.device(s.devices[j]):
-          bufs = [s.buffers[w][j].read_value() for w in range(W)]
-          flats.append(tf.add_n([mask[w] * bufs[w] for w in range(W)]) / used)
-          small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(bufs[w])) for w in range(W)]))
-      big_sq = tf.add_n([tf.reduce_sum(tf.square(f)) for f in flats])
-      norm, updates = s.apply(flats, rate, t)
-      fingerprint = s.fingerprint(flats)
-      with tf.control_dependencies(updates):
-        with tf.device(s.devices[0]):
-          inc = s.global_step.assign_add(1, read_value=False)
-      with tf.control_dependencies([inc]):
-        with tf.device(s.devices[0]):
-          new = s.global_step.read_value()
-          for q in s.tokens:
-            tf.raw_ops.QueueEnqueueV2(handle=q, components=[new])
-      # One small tensor back to the chief instead of four remote handles to fetch one by one.
-      with tf.device(None):
-        return tf.identity(tf.stack([norm, tf.add_n(small), big_sq, fingerprint]))
+    def stop():
+      with tf.device(s.devices[0]):
+        tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
+            tf.constant(-1, tf.int64), tf.constant(-1, tf.int64), 0.0, 0.0, 0.0])
 
     @tf.function
     def drain():
@@ -308,7 +398,7 @@ class SyncChief:
         for q in s.tokens:
           tf.raw_ops.QueueCloseV2(handle=q, cancel_pending_enqueues=True)
 
-    self._take_commits, self._apply_and_publish = take_commits, apply_and_publish
+    self._steps_on_ps, self._stop = steps_on_ps, stop
     self._drain, self._first_tokens, self._close = drain, first_tokens, close
 
   def _initialise_ps(self) -> None:
@@ -321,6 +411,7 @@ class SyncChief:
       for j, n in enumerate(s.sizes):
         s.buffers[w][j].assign(tf.zeros([max(n, 1)]))
     s.lr_decay.assign(r.learning_rate.decay)
+    s.set_fingerprint_vectors()
     s.committed.assign(tf.fill([self.num_workers], tf.constant(-1, tf.int64)))
     self._drain()
     s.global_step.assign(r.start)
@@ -330,28 +421,59 @@ class SyncChief:
                  len(s.devices), "/".join(f"{b / 2**20:.1f}" for b in s.params.bytes_per_ps),
                  self.n, self.num_workers)
 
-  def _collect(self, step: int):
-    """Commits in arrival order until N distinct workers have one for `step`.
+  def _next_duty(self, step: int) -> int:
+    """The first step after `step` at which the chief has something to do in between steps: a
+    progress line, an evaluation, a checkpoint, a histogram, or the end."""
+    r, c = self.r, self.r.config.train
+    periods = [p for p in (c.log_every, r.eval_every, c.checkpoint_every, c.histogram_every)
+               if p > 0]
+    return min([r.total_steps, *((step // p + 1) * p for p in periods)])
 
-    Returns ({worker: (loss, fingerprint, secs)}, [(worker, step of its gradient, secs)] of the
-    dropped ones).
+  def _steps(self, first: int, count: int):
+    """Runs `count` steps from `first` on the ps tasks (steps_on_ps), saying whom it waits for
+    while it waits. On KeyboardInterrupt it stops the ps after the step under way, so that what
+    was applied is known, and returns with `interrupted` set.
+
+    Returns ([(used, dropped, stats, ps time) per step applied], interrupted): used maps each
+    of the N workers used to (loss, fingerprint, secs), dropped lists (worker, step of its
+    gradient, secs), stats is (grad norm, sum over used |g_w|^2, |mean g|^2, fingerprint of
+    the mean applied).
     """
-    used, dropped = {}, []
-    while len(used) < self.n:
-      def on_wait(secs):
-        committed = self.s.committed.numpy()
-        missing = [f"worker{w}" for w in range(self.num_workers) if committed[w] < step]
-        logging.warning("[chief] step %d: waited %.0f s for gradients: %d of %d in; waiting for "
-                        "%s", step + 1, secs, self.num_workers - len(missing), self.n,
-                        ", ".join(missing))
-      needed = tf.constant(self.n - len(used), tf.int32)
-      commits = _patiently(lambda: self._take_commits(needed), self.wait_log_secs, on_wait)
-      for w, t, loss, secs, fingerprint in zip(*(c.numpy().tolist() for c in commits)):
-        if t == step and w not in used:
+    r = self.r
+    steps = tf.range(first, first + count, dtype=tf.int64)
+    rates = tf.broadcast_to(tf.cast(r.learning_rate(steps), tf.float32), [count])
+    t = int(r.optimizer.iterations.numpy()) + 1     # Adam's step count
+    ts = tf.range(t, t + count, dtype=tf.int64)
+
+    def on_wait(secs):
+      step = int(self.s.read_step())
+      committed = self.s.committed.numpy()
+      missing = [f"worker{w}" for w in range(self.num_workers) if committed[w] < step]
+      logging.warning("[chief] step %d: waited %.0f s for gradients: %d of %d in; waiting for "
+                      "%s", step + 1, secs, self.num_workers - len(missing), self.n,
+                      ", ".join(missing))
+    call = _Call(lambda: self._steps_on_ps(tf.constant(self.n), tf.constant(first, tf.int64),
+                                           rates, tf.cast(ts, tf.float32)))
+    interrupted = False
+    try:
+      out = call.wait(self.wait_log_secs, on_wait)
+    except KeyboardInterrupt:
+      interrupted = True
+      self._stop()
+      out = call.wait(self.wait_log_secs, on_wait)
+    *commits, stats, times = (x.numpy() for x in out)
+    results = []
+    for i, (step_stats, when) in enumerate(zip(stats, times)):
+      step, used, dropped = first + i, {}, []
+      for w, t_w, loss, secs, fingerprint, at in zip(*(c.tolist() for c in commits)):
+        if at != i or w < 0:
+          continue
+        if t_w == step and w not in used:      # the rule steps_on_ps applies
           used[w] = (loss, fingerprint, round(secs, 4))
-        elif t != step:
-          dropped.append((w, t, round(secs, 4)))
-    return used, dropped
+        elif t_w != step:
+          dropped.append((w, t_w, round(secs, 4)))
+      results.append((used, dropped, step_stats, float(when)))
+    return results, interrupted
 
   def train(self) -> dict:
     r, s = self.r, self.s
@@ -367,45 +489,53 @@ class SyncChief:
     throughput = Throughput(r.start, r.total_steps)
     losses = []
     step = r.start
-    t_prev = time.perf_counter()
+    t_prev = time.time()
     record = open(os.path.join(r.workdir, STEP_RECORD), "a", encoding="utf-8")
     try:
       while step < r.total_steps:
-        used, dropped = self._collect(step)
-        mask = np.zeros(W, np.float32)
-        mask[list(used)] = 1.0
-        rate = r.learning_rate(r.step_var)
-        norm, small_sq, big_sq, applied = self._apply_and_publish(
-            tf.constant(mask), rate, tf.cast(r.optimizer.iterations + 1, tf.float32)).numpy()
-        r.optimizer.iterations.assign_add(1)
-        r.step_var.assign_add(1)
-        step += 1
-        now = time.perf_counter()
-        step_secs, t_prev = now - t_prev, now
-        record.write(json.dumps({
-            "step": step, "used": sorted(used), "dropped": dropped, "secs": round(step_secs, 4),
-            "fingerprints": {str(w): fp for w, (_, fp, _) in sorted(used.items())},
-            "compute_secs": {str(w): secs for w, (_, _, secs) in sorted(used.items())},
-            "applied": float(applied)}) + "\n")
-        loss = float(np.mean([loss for loss, _, _ in used.values()]))
-        r.check_loss(loss, step)
-        losses.append(loss)
-        throughput.add(r.words_per_step)
-        for w in used:
-          used_by[w] += 1
-        for w, t, _ in dropped:
-          dropped_by[w] += 1
-          staleness.append((w, step - 1 - t))   # steps behind when it arrived
-        writers.scalars("train", step, {"sync/gradients_used": len(used),
-                                        "sync/gradients_dropped": len(dropped),
-                                        "sync/step_secs": step_secs})
-        if step % self.log_workers_every == 0 or step == r.start + 1:
-          logging.info("[chief] step %d used %s%s", step,
-                       ", ".join(f"worker{w}" for w in sorted(used)),
-                       f"; dropped {', '.join(f'worker{w} (step {t + 1})' for w, t, _ in dropped)}"
-                       if dropped else "")
+        # The steps up to the chief's next duty run on the ps in one call; their records,
+        # scalars and log lines are written here afterwards, each under its own step.
+        results, interrupted = self._steps(step, self._next_duty(step) - step)
+        series = collections.defaultdict(list)
+        for used, dropped, (norm, small_sq, big_sq, applied), when in results:
+          step += 1
+          step_secs, t_prev = max(when - t_prev, 0.0), when
+          record.write(json.dumps({
+              "step": step, "used": sorted(used), "dropped": dropped,
+              "secs": round(step_secs, 4),
+              "fingerprints": {str(w): fp for w, (_, fp, _) in sorted(used.items())},
+              "compute_secs": {str(w): secs for w, (_, _, secs) in sorted(used.items())},
+              "applied": float(applied)}) + "\n")
+          loss = float(np.mean([loss for loss, _, _ in used.values()]))
+          r.check_loss(loss, step)
+          losses.append(loss)
+          throughput.add(r.words_per_step)
+          for w in used:
+            used_by[w] += 1
+          for w, t, _ in dropped:
+            dropped_by[w] += 1
+            staleness.append((w, step - 1 - t))   # steps behind when it arrived
+          series["step"].append(step)
+          series["sync/gradients_used"].append(len(used))
+          series["sync/gradients_dropped"].append(len(dropped))
+          series["sync/step_secs"].append(step_secs)
+          if step % self.log_workers_every == 0 or step == r.start + 1:
+            logging.info("[chief] step %d used %s%s", step,
+                         ", ".join(f"worker{w}" for w in sorted(used)),
+                         f"; dropped {', '.join(f'worker{w} (step {t + 1})' for w, t, _ in dropped)}"
+                         if dropped else "")
+          if track_noise and step % noise_every == 0:
+            writers.scalars("train", step, noise_scale.update(
+                float(small_sq) / self.n / pts ** 2, float(big_sq) / pts ** 2, r.local_batch,
+                r.batch))
+        r.optimizer.iterations.assign_add(len(results))
+        r.step_var.assign(step)
+        writers.scalar_series("train", series.pop("step", []), series)
+        if interrupted:
+          raise KeyboardInterrupt
         if step % config.train.log_every == 0 or step == r.total_steps:
           perf = throughput.report(step)
+          rate = r.learning_rate(tf.constant(step - 1, tf.int64))
           r.log_progress(step, float(np.mean(losses)), float(rate), float(norm), perf,
                          throughput.eta_secs)
           losses = []
@@ -417,10 +547,6 @@ class SyncChief:
               **{f"sync/staleness/worker{w}": float(np.mean([lag for v, lag in staleness if v == w]))
                  for w in sorted({v for v, _ in staleness})}})
           staleness = []
-        if track_noise and step % noise_every == 0:
-          writers.scalars("train", step, noise_scale.update(
-              float(small_sq) / self.n / pts ** 2, float(big_sq) / pts ** 2, r.local_batch,
-              r.batch))
         if step % config.train.histogram_every == 0:
           s.params.pull(r.variables)
           writers.histograms("train", step, {v.name.split(":")[0]: v for v in r.variables})
@@ -493,7 +619,7 @@ class _Worker:
       self._pull()
     flats, loss, self._state = self._compute(self._batch(step), self._state,
                                              tf.constant(step, tf.int64))
-    delay = self.straggler.delay_secs()
+    delay = self.straggler.delay_secs(time.perf_counter() - t0)
     if delay:
       time.sleep(delay)
     return flats, loss, tf.constant(time.perf_counter() - t0, tf.float32)
@@ -523,10 +649,9 @@ class SyncWorker(_Worker):
 
     variables = r.variables
 
-    @tf.function
-    def take_token():
+    def newest_token_and_parameters():
       """Blocks for a token, skips to the newest one queued (a late worker jumps ahead), then
-      reads the parameters of that step (one round trip for both)."""
+      reads the parameters of that step into the local variables."""
       with tf.device(s.devices[0]):
         tok = tf.raw_ops.QueueDequeueV2(handle=queue, component_types=[tf.int64])[0]
         rest = tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
@@ -537,14 +662,7 @@ class SyncWorker(_Worker):
           v.assign(value)
       return tf.identity(newest)
 
-    @tf.function
-    def skip_tokens():
-      with tf.device(s.devices[0]):
-        tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
-                                      component_types=[tf.int64])
-
-    @tf.function
-    def push(flats, step, loss, secs):
+    def write_and_commit(flats, step, loss, secs):
       """Writes this worker's gradient to its buffers, then commits it for `step`."""
       fingerprint = s.fingerprint(flats)
       writes = []
@@ -554,15 +672,34 @@ class SyncWorker(_Worker):
       with tf.device(s.devices[0]), tf.control_dependencies(writes):
         mark = s.committed.scatter_update(tf.IndexedSlices(step[None], tf.constant([me])))
       with tf.device(s.devices[0]), tf.control_dependencies([mark]):
-        tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
+        return tf.raw_ops.QueueEnqueueV2(handle=s.commits, components=[
             tf.constant(me, tf.int64), step, loss, secs, fingerprint])
 
-    self._take_token, self._skip_tokens, self._push = take_token, skip_tokens, push
+    @tf.function
+    def take_token():
+      return newest_token_and_parameters()
 
-  def _next_token(self) -> int:
+    @tf.function
+    def push_and_take(flats, step, loss, secs):
+      """Commits a gradient and waits for the next step, in one call (one round trip)."""
+      with tf.control_dependencies([write_and_commit(flats, step, loss, secs)]):
+        return newest_token_and_parameters()
+
+    @tf.function
+    def skip_tokens():
+      with tf.device(s.devices[0]):
+        tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
+                                      component_types=[tf.int64])
+
+    self._take_token, self._skip_tokens = take_token, skip_tokens
+    self._push_and_take = push_and_take
+
+  def _next_token(self, fn=None) -> int:
+    """The next step to compute, from fn() (default: take_token); checks on the chief while it
+    waits."""
     def on_wait(secs):
       self._check_chief(secs)
-    token = int(_patiently(self._take_token, 1.0, on_wait))
+    token = int(_patiently(fn or self._take_token, 1.0, on_wait))
     self._chief_seen = time.monotonic()   # a new step: the chief was alive a moment ago
     return token
 
@@ -582,11 +719,14 @@ class SyncWorker(_Worker):
       while True:
         if token > last:
           flats, loss, secs = self._gradient(token, pull=not pulled)
-          self._push(flats, tf.constant(token, tf.int64), loss, secs)
+          step = tf.constant(token, tf.int64)
           last, pushed = token, pushed + 1
+          token = self._next_token(lambda: self._push_and_take(flats, step, loss, secs))
           if pushed % self.r.config.train.log_every == 0:
             logging.info("[%s] pushed %d gradients, the last for step %d", self.name, pushed, last)
-        token, pulled = self._next_token(), True
+        else:
+          token = self._next_token()
+        pulled = True
     except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
       logging.info("[%s] the chief ended training; pushed %d gradients", self.name, pushed)
     except ChiefGoneError as e:
