@@ -143,10 +143,11 @@ def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
     _wait(lambda: len(steps()) >= 25, 120, "25 steps")
     tasks.kill("worker1")
     killed_at = len(steps())
-    # With b = 1 training goes on without worker1 ...
-    _wait(lambda: len(steps()) >= killed_at + 50, 120, "50 steps without worker1")
-    after = steps()[killed_at + 5:]
-    assert after and all(1 not in r["used"] and len(r["used"]) == 2 for r in after)
+    # With b = 1 training goes on without worker1 ... (the record on disk lags the ps by up to
+    # a checkpoint interval and a poll, so steps soon after killed_at may still be worker1's)
+    _wait(lambda: len(steps()) >= killed_at + 75, 120, "75 steps without worker1")
+    after = steps()[killed_at + 25:]
+    assert len(after) >= 25 and all(1 not in r["used"] and len(r["used"]) == 2 for r in after)
     # ... and a restarted worker1 joins the current step and contributes again.
     tasks.start("worker", 1, tag="_restarted")
     restarted_at = len(steps())

@@ -80,7 +80,6 @@ def run(config, workdir: str, backend) -> dict | None:
 def serve(backend) -> None:
   """A ps task: serves the shared state until it is killed (by the launcher or the cluster)."""
   cluster = backend.cluster
-  tf.config.threading.set_inter_op_parallelism_threads(16)
   server = tf.distribute.Server(tf.train.ClusterSpec(cluster.jobs), job_name="ps",
                                 task_index=cluster.task_index, protocol="grpc", start=True)
   logging.info("[%s] parameter server up at %s", cluster.name, server.target)
