@@ -288,9 +288,9 @@ class SyncChief:
       process. A commit from worker -1 (`stop`) ends the call before its step is applied.
 
       Returns every commit taken, in arrival order, as (worker, step, loss, secs, fingerprint,
-      index of the step that took it), and per step applied (grad norm, sum over used |g_w|^2,
-      |mean g|^2, fingerprint of the mean applied, ps time when its tokens went out), all
-      copied here.
+      index of the step that took it); per step applied, (grad norm, sum over used |g_w|^2,
+      |mean g|^2, fingerprint of the mean applied); and per step applied, the ps's clock when
+      its tokens went out; all copied here.
       """
       count = tf.shape(rates)[0]
       with tf.device(s.devices[0]):
@@ -319,7 +319,7 @@ class SyncChief:
               + [tf.TensorShape([None])] * len(taken), parallel_iterations=1)
           return mask, stop, taken
 
-        def apply(step, mask, rate, t):
+        def apply(mask, rate, t):
           flats, small = [], []
           for j in range(len(s.devices)):
             with tf.device(s.devices[j]), tf.control_dependencies([mask]):  # once committed
@@ -346,7 +346,7 @@ class SyncChief:
           mask, stop, taken = collect(step, tf.cast(i, tf.int64), taken)
 
           def applied():
-            out = apply(step, mask, rates[i], ts[i])
+            out = apply(mask, rates[i], ts[i])
             with tf.control_dependencies([out]):
               return out, tf.timestamp()
           out, when = tf.cond(stop, lambda: (tf.zeros([4]), tf.constant(0.0, tf.float64)),
