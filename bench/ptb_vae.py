@@ -1,6 +1,6 @@
 """The sentence VAE against its RNNLM baseline on PTB, with the same training budget.
 
-  python bench/ptb_vae.py [--epochs=5] [--workdir=DIR] [--parallel]
+  python bench/ptb_vae.py [--epochs=10] [--workdir=DIR] [--parallel]
 
 Trains configs/ptb_vae.py and configs/ptb_rnnlm.py through scripts/train.py for the same number
 of steps (`--epochs` epochs of the configs' batches), then prints each one's test figures:
@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 
 from bench.common import background_busy  # noqa: E402
 
-_EPOCHS = flags.DEFINE_float("epochs", 5.0, "training budget of each model, in epochs")
+_EPOCHS = flags.DEFINE_float("epochs", 10.0, "training budget of each model, in epochs")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the two runs go (default: a temp dir)")
 _PARALLEL = flags.DEFINE_boolean("parallel", True, "train both at once, one thread each")
 _EXTRA = flags.DEFINE_multi_string("override", [], "a --config.X=V passed to both runs")

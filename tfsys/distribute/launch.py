@@ -116,8 +116,14 @@ class LocalCluster:
       self._say("interrupted: stopping every task")
       return 130
     finally:
-      self.stop()
-      signal.signal(signal.SIGTERM, previous)
+      # A second SIGTERM or Ctrl-C (a `timeout` wrapper forwards one more) must not cut the
+      # clean-up short and leave tasks running.
+      ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+      try:
+        self.stop()
+      finally:
+        signal.signal(signal.SIGINT, ignored[signal.SIGINT])
+        signal.signal(signal.SIGTERM, previous)
 
   def _say(self, message: str) -> None:
     with self._print_lock:
