@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
-from bench.common import background_busy  # noqa: E402
+from bench.common import background_busy, ps_cluster_command  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 150, "steps per run")
 _N = flags.DEFINE_integer("n", 3, "replicas_to_aggregate")
@@ -41,29 +41,10 @@ _SHAPE = flags.DEFINE_float("shape", 1.5, "Pareto shape (heavy tail)")
 WARMUP = 10
 
 
-PER_WORKER_BATCH = 2
-
 
 def _run(workdir, backend, workers, backups, straggler):
-  # Every worker computes on the same rows per step: the batch of one update is N of them
-  # (sync), or one worker's (async_ps splits batch_size over its workers).
-  gradients = workers if backend == "async_ps" else workers - backups
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
-         f"--num_workers={workers}", "--",
-         os.path.join(ROOT, "scripts", "train.py"),
-         f"--config={os.path.join(ROOT, 'configs', 'ptb_char_cnn_lstm.py')}:smoke",
-         f"--workdir={workdir}", f"--config.distribute.backend={backend}",
-         f"--config.distribute.replicas_to_aggregate={workers - backups}",
-         f"--config.distribute.total_num_replicas={workers}",
-         "--config.distribute.intra_op_threads=1", "--config.distribute.log_workers_every=1000000",
-         f"--config.train.num_steps={_STEPS.value}", "--config.train.log_every=10",
-         f"--config.train.batch_size={PER_WORKER_BATCH * gradients}",
-         "--config.train.checkpoint_every=1000000", "--config.train.histogram_every=1000000",
-         "--config.eval.every_steps=1000000", "--config.eval.max_tokens=200",
-         "--config.monitor.noise_scale_every=0",
-         f"--config.distribute.straggler.compute_ms={_COMPUTE.value}",
-         f"--config.distribute.straggler.scale_ms={_SCALE.value}",
-         f"--config.distribute.straggler.shape={_SHAPE.value}", *straggler]
+  cmd = ps_cluster_command(workdir, backend, workers, backups, _STEPS.value, _COMPUTE.value,
+                           _SCALE.value, _SHAPE.value, straggler)
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if proc.returncode:
     raise SystemExit(f"run failed:\n{proc.stdout[-3000:]}")

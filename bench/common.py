@@ -1,5 +1,10 @@
 """Helpers the benchmarks share."""
+import os
+import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PER_WORKER_BATCH = 2
 
 
 def background_busy(interval=1.0) -> float:
@@ -12,3 +17,28 @@ def background_busy(interval=1.0) -> float:
   time.sleep(interval)
   t2, i2 = snap()
   return 1.0 - (i2 - i1) / max(1, t2 - t1)
+
+
+def ps_cluster_command(workdir: str, backend: str, workers: int, backups: int, steps: int,
+                       compute_ms: float, scale_ms: float, shape: float, straggler: list[str]):
+  """scripts/launch_local.py training configs/ptb_char_cnn_lstm.py:smoke on 1 ps task, a chief
+  and `workers` workers, with simulated compute and straggler delays, logging every 10 steps and
+  doing nothing else between steps. Every worker computes on PER_WORKER_BATCH rows per step: the
+  batch of one update is N of them (sync_backup), or one worker's (async_ps splits batch_size
+  over its workers)."""
+  gradients = workers if backend == "async_ps" else workers - backups
+  return [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
+          f"--num_workers={workers}", "--", os.path.join(ROOT, "scripts", "train.py"),
+          f"--config={os.path.join(ROOT, 'configs', 'ptb_char_cnn_lstm.py')}:smoke",
+          f"--workdir={workdir}", f"--config.distribute.backend={backend}",
+          f"--config.distribute.replicas_to_aggregate={workers - backups}",
+          f"--config.distribute.total_num_replicas={workers}",
+          "--config.distribute.intra_op_threads=1", "--config.distribute.log_workers_every=1000000",
+          f"--config.train.num_steps={steps}", "--config.train.log_every=10",
+          f"--config.train.batch_size={PER_WORKER_BATCH * gradients}",
+          "--config.train.checkpoint_every=1000000", "--config.train.histogram_every=1000000",
+          "--config.eval.every_steps=1000000", "--config.eval.max_tokens=200",
+          "--config.monitor.noise_scale_every=0",
+          f"--config.distribute.straggler.compute_ms={compute_ms}",
+          f"--config.distribute.straggler.scale_ms={scale_ms}",
+          f"--config.distribute.straggler.shape={shape}", *straggler]

@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
-from bench.common import background_busy  # noqa: E402
+from bench.common import background_busy, ps_cluster_command  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 400, "steps of the run")
 _WORKERS = flags.DEFINE_integer("workers", 4, "worker tasks (N + b)")
@@ -65,19 +65,8 @@ def main(argv):
     raise SystemExit(f"--steps must be a multiple of 10 above {FIRST + LAST}")
   workdir = tempfile.mkdtemp(prefix="ps_cpu_")
   n = workers - backups
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
-         f"--num_workers={workers}", "--", os.path.join(ROOT, "scripts", "train.py"),
-         f"--config={os.path.join(ROOT, 'configs', 'ptb_char_cnn_lstm.py')}:smoke",
-         f"--workdir={workdir}", "--config.distribute.backend=sync_backup",
-         f"--config.distribute.replicas_to_aggregate={n}",
-         f"--config.distribute.total_num_replicas={workers}",
-         "--config.distribute.intra_op_threads=1", "--config.distribute.log_workers_every=1000000",
-         f"--config.train.num_steps={steps}", "--config.train.log_every=10",
-         f"--config.train.batch_size={2 * n}", "--config.train.checkpoint_every=1000000",
-         "--config.train.histogram_every=1000000", "--config.eval.every_steps=1000000",
-         "--config.eval.max_tokens=200", "--config.monitor.noise_scale_every=0",
-         "--config.distribute.straggler.compute_ms=30", "--config.distribute.straggler.scale_ms=40",
-         "--config.distribute.straggler.shape=1.5", "--config.distribute.straggler.workers=0"]
+  cmd = ps_cluster_command(workdir, "sync_backup", workers, backups, steps, 30.0, 40.0, 1.5,
+                           ["--config.distribute.straggler.workers=0"])
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           cwd=ROOT)
   # The chief logs "step K/..." every 10 steps, as soon as they are applied: the times of its
@@ -99,7 +88,8 @@ def main(argv):
     cpu = {}
     for pid in _children(proc.pid):
       try:
-        names.setdefault(pid, _task_name(pid))
+        if not names.get(pid):           # a task just forked may not have its TF_CONFIG yet
+          names[pid] = _task_name(pid)
         cpu[pid] = _cpu_secs(pid)
       except OSError:
         pass

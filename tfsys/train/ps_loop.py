@@ -461,17 +461,15 @@ class SyncChief:
       self._stop()
       out = call.wait(self.wait_log_secs, on_wait)
     *commits, stats, times = (x.numpy() for x in out)
-    results = []
-    for i, (step_stats, when) in enumerate(zip(stats, times)):
-      step, used, dropped = first + i, {}, []
-      for w, t_w, loss, secs, fingerprint, at in zip(*(c.tolist() for c in commits)):
-        if at != i or w < 0:
-          continue
-        if t_w == step and w not in used:      # the rule steps_on_ps applies
-          used[w] = (loss, fingerprint, round(secs, 4))
-        elif t_w != step:
-          dropped.append((w, t_w, round(secs, 4)))
-      results.append((used, dropped, step_stats, float(when)))
+    results = [({}, [], step_stats, float(when)) for step_stats, when in zip(stats, times)]
+    for w, t_w, loss, secs, fingerprint, at in zip(*(c.tolist() for c in commits)):
+      if w < 0 or at >= len(results):      # the stop, or a commit taken by an unapplied step
+        continue
+      used, dropped, _, _ = results[at]
+      if t_w == first + at and w not in used:      # the rule steps_on_ps applies
+        used[w] = (loss, fingerprint, round(secs, 4))
+      elif t_w != first + at:
+        dropped.append((w, t_w, round(secs, 4)))
     return results, interrupted
 
   def train(self) -> dict:
