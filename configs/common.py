@@ -30,11 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.cnn_activation = "tanh"
   config.model.num_highway = 1
   config.model.highway_activation = "relu"
+  config.model.zero_pad_chars = False   # the padding after a word embeds to a fixed zero vector
   config.model.input_projection = 0     # project the CNN output to this size (0 = none)
   config.model.num_layers = 2
   config.model.lstm_units = 300
   config.model.projection = 0           # LSTMP projection size (0 = plain LSTM)
   config.model.cell_clip = 0.0          # clip the LSTM cell to ±cell_clip (0 = off)
+  config.model.forget_bias = 1.0        # added to the forget gate (Jozefowicz et al. 2015; Kim 0)
   config.model.dropout = 0.5            # on non-recurrent connections (Zaremba et al. 2014)
   config.model.embedding_dropout = 0.5  # on the inputs of the first LSTM layer
   config.model.num_samples = 0          # sampled-softmax negatives in training (0 = full softmax)

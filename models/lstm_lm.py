@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
-from models.layers.lstm import lstmp_layer, lstmp_shapes
+from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
 from tfsys.data import chars
 
 
@@ -82,7 +82,7 @@ class LanguageModel(tf.Module):
     """Char ids [N, L] -> word vectors [N, D]: works for words outside the vocabulary."""
     c = self.config
     return char_cnn(char_ids, self.params, c.cnn_widths, c.num_highway, c.cnn_activation,
-                    c.highway_activation)
+                    c.highway_activation, zero_pad=c.get("zero_pad_chars", False))
 
   def embed_ids(self, ids):
     """Word ids [B, T] -> [B, T, D]. The char CNN runs once per distinct word of the batch."""
@@ -103,6 +103,8 @@ class LanguageModel(tf.Module):
     """Embedded inputs [B, T, D] -> top LSTM outputs [B, T, P] and the new state."""
     c = self.config
     rate = c.dropout if training else 0.0
+    # Workdirs written before these keys existed trained with their defaults.
+    forget_bias = c.get("forget_bias", FORGET_BIAS)
     new_state = []
     for layer in range(c.num_layers):
       # Kim et al. §4: no dropout on the highway-to-LSTM connection; Zaremba et al. drop the
@@ -112,7 +114,7 @@ class LanguageModel(tf.Module):
         x = tf.nn.dropout(x, layer_rate)
       params = {k: self.params[f"lstm{layer}_{k}"] for k in ("w_x", "w_h", "b", "w_p")
                 if f"lstm{layer}_{k}" in self.params}
-      x, s = lstmp_layer(x, state[layer], params, c.cell_clip)
+      x, s = lstmp_layer(x, state[layer], params, c.cell_clip, forget_bias)
       new_state.append(s)
     if rate:
       x = tf.nn.dropout(x, rate)

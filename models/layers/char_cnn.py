@@ -8,7 +8,7 @@ with b_T initialised to −2 so the layer starts close to the identity (Kim et a
 """
 import tensorflow as tf
 
-from tfsys.data.chars import NUM_CHARS
+from tfsys.data.chars import NUM_CHARS, PAD
 
 HIGHWAY_GATE_BIAS = -2.0
 ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu}
@@ -33,9 +33,15 @@ def char_cnn_shapes(char_dim, widths, filters, num_highway, projection) -> dict:
 
 
 def char_cnn(char_ids, params: dict, widths, num_highway, cnn_activation="tanh",
-             highway_activation="relu"):
-  """char_ids int32 [N, L] → word vectors [N, Σ filters or projection]."""
+             highway_activation="relu", zero_pad=False):
+  """char_ids int32 [N, L] → word vectors [N, Σ filters or projection].
+
+  zero_pad: the padding after a word embeds to a fixed zero vector (Kim et al.'s Torch code
+  keeps that row at zero), so the convolutions see only the word and its marks.
+  """
   x = tf.nn.embedding_lookup(params["char_embedding"], char_ids)         # [N, L, d]
+  if zero_pad:
+    x = x * tf.cast(char_ids != PAD, x.dtype)[..., tf.newaxis]
   act = ACTIVATIONS[cnn_activation]
   pooled = []
   for w in widths:

@@ -1,7 +1,7 @@
 """LSTM with a recurrent projection layer (LSTMP, Sak et al. 2014; Jozefowicz et al. 2016 §3).
 
     z = x W_x + h_{t-1} W_h + b          i, f, g, o = split(z)
-    c = σ(f + 1) c_{t-1} + σ(i) tanh(g)   (forget bias 1: Jozefowicz et al. 2015)
+    c = σ(f + b_f) c_{t-1} + σ(i) tanh(g)  (b_f: forget bias, 1 by default: Jozefowicz et al. 2015)
     c = clip(c, ±cell_clip)              (if cell_clip > 0)
     h = (σ(o) tanh(c)) W_p               (W_p only if projection > 0; else h = σ(o) tanh(c))
 
@@ -21,12 +21,12 @@ def lstmp_shapes(input_dim: int, units: int, projection: int) -> dict:
   return shapes
 
 
-def lstmp_cell(x_proj_t, state, w_h, w_p=None, cell_clip=0.0):
+def lstmp_cell(x_proj_t, state, w_h, w_p=None, cell_clip=0.0, forget_bias=FORGET_BIAS):
   """One step given the precomputed input product x_t W_x + b. state = (c, h)."""
   c, h = state
   z = x_proj_t + tf.matmul(h, w_h)
   i, f, g, o = tf.split(z, 4, axis=-1)
-  c = tf.sigmoid(f + FORGET_BIAS) * c + tf.sigmoid(i) * tf.tanh(g)
+  c = tf.sigmoid(f + forget_bias) * c + tf.sigmoid(i) * tf.tanh(g)
   if cell_clip:
     c = tf.clip_by_value(c, -cell_clip, cell_clip)
   h = tf.sigmoid(o) * tf.tanh(c)
@@ -35,13 +35,14 @@ def lstmp_cell(x_proj_t, state, w_h, w_p=None, cell_clip=0.0):
   return c, h
 
 
-def lstmp_layer(x, state, params: dict, cell_clip: float = 0.0):
+def lstmp_layer(x, state, params: dict, cell_clip: float = 0.0,
+                forget_bias: float = FORGET_BIAS):
   """Runs an LSTMP layer over x [B, T, D] from state (c, h); returns (outputs [B, T, P], state)."""
   x_proj = tf.einsum("btd,dg->tbg", x, params["w_x"]) + params["b"]  # time-major for scan
   w_h, w_p = params["w_h"], params.get("w_p")
 
   def step(carry, x_t):
-    return lstmp_cell(x_t, carry, w_h, w_p, cell_clip)
+    return lstmp_cell(x_t, carry, w_h, w_p, cell_clip, forget_bias)
 
   cs, hs = tf.scan(step, x_proj, initializer=tuple(state))
   return tf.transpose(hs, [1, 0, 2]), (cs[-1], hs[-1])

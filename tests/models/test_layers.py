@@ -9,14 +9,14 @@ def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
-def _reference_lstmp(x, c, h, w_x, w_h, b, w_p, cell_clip):
+def _reference_lstmp(x, c, h, w_x, w_h, b, w_p, cell_clip, forget_bias=FORGET_BIAS):
   """A straightforward per-step, per-gate implementation in NumPy."""
   outs = []
   units = w_h.shape[1] // 4
   for t in range(x.shape[1]):
     z = x[:, t] @ w_x + h @ w_h + b
     i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
-    c = _sigmoid(f + FORGET_BIAS) * c + _sigmoid(i) * np.tanh(g)
+    c = _sigmoid(f + forget_bias) * c + _sigmoid(i) * np.tanh(g)
     if cell_clip:
       c = np.clip(c, -cell_clip, cell_clip)
     m = _sigmoid(o) * np.tanh(c)
@@ -72,3 +72,35 @@ def test_highway_gate_closed_is_identity():
   p["highway0_b_t"] = tf.fill([6], -50.0)   # transform gate shut: carry the input through
   np.testing.assert_allclose(char_cnn(ids, p, (2,), num_highway=1).numpy(), no_highway.numpy(),
                              atol=1e-6)
+
+
+def test_lstmp_forget_bias_matches_reference():
+  """Kim et al.'s LSTM has no forget-gate bias: forget_bias=0 follows the reference too."""
+  rng = np.random.default_rng(3)
+  p = _params(lstmp_shapes(4, 5, 0), rng)
+  x = rng.normal(size=(2, 6, 4)).astype(np.float32)
+  c0, h0 = (rng.normal(size=(2, 5)).astype(np.float32) for _ in range(2))
+  tp = {k: tf.constant(v) for k, v in p.items()}
+  got, _ = lstmp_layer(tf.constant(x), (c0, h0), tp, 0.0, forget_bias=0.0)
+  want, _, _ = _reference_lstmp(x, c0, h0, p["w_x"], p["w_h"], p["b"], None, 0.0, forget_bias=0.0)
+  np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+  default, _ = lstmp_layer(tf.constant(x), (c0, h0), tp, 0.0)
+  assert np.abs(got.numpy() - default.numpy()).max() > 1e-3
+
+
+def test_char_cnn_zero_pad_ignores_the_padding_embedding():
+  from tfsys.data.chars import PAD, encode_words
+  shapes = char_cnn_shapes(4, (1, 3), (3, 5), num_highway=1, projection=0)
+  rng = np.random.default_rng(4)
+  p = _params(shapes, rng)
+  ids = tf.constant(encode_words(["a", "word", "longer"], 12))
+  other = dict(p, char_embedding=p["char_embedding"].copy())
+  other["char_embedding"][PAD] += 3.0
+  run = lambda params, zero_pad: char_cnn(ids, {k: tf.constant(v) for k, v in params.items()},
+                                          (1, 3), 1, zero_pad=zero_pad).numpy()
+  np.testing.assert_allclose(run(p, True), run(other, True), atol=1e-6)
+  assert np.abs(run(p, False) - run(other, False)).max() > 1e-3
+  # Same as a zero row in the table.
+  zeroed = dict(p, char_embedding=p["char_embedding"].copy())
+  zeroed["char_embedding"][PAD] = 0.0
+  np.testing.assert_allclose(run(p, True), run(zeroed, False), atol=1e-6)
