@@ -73,3 +73,21 @@ def test_sampled_softmax_approaches_full_softmax():
                        for _ in range(10)])
     errors.append(abs(sampled - float(full)) / float(full))
   assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02, errors
+
+
+def test_config_from_before_forget_bias_and_zero_pad_keeps_their_old_meaning():
+  """A workdir's config.json written before these keys existed loads with the old model."""
+  import ml_collections
+  cfg = ptb_char_cnn_lstm.get_config("smoke").model
+  words = ["<unk>", "<eos>"] + [f"w{i}" for i in range(20)]
+  old = cfg.to_dict()
+  del old["forget_bias"], old["zero_pad_chars"]
+  explicit = dict(old, forget_bias=1.0, zero_pad_chars=False)
+  ids = tf.constant(np.random.default_rng(1).integers(0, len(words), size=(2, 6)), tf.int32)
+  out = {}
+  for name, c in (("old", old), ("explicit", explicit), ("kim", cfg.to_dict())):
+    m = models.build(ml_collections.ConfigDict(c), words, seed=3)
+    out[name] = m.hidden(m.embed_ids(ids), m.initial_state(2), training=False)[0].numpy()
+  np.testing.assert_allclose(out["old"], out["explicit"], rtol=1e-6)
+  # The PTB config differs on both.
+  assert np.abs(out["old"] - out["kim"]).max() > 0.01 * np.abs(out["old"]).max()
