@@ -5,6 +5,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0                       # model init, dropout, sampled-softmax negatives, data order
+  config.reference = ""                 # what the test perplexity means, printed by train.py at the end
 
   config.data = ml_collections.ConfigDict()
   config.data.corpus = "ptb"            # ptb (bundled) | lm1b (directory) | text (files)
@@ -51,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000  # steps; also at the end and on Ctrl-C
   config.train.keep_checkpoints = 3
   config.train.histogram_every = 1000   # weight histograms in TensorBoard
+  # Stop (keeping the last good checkpoint) once the training or validation loss per token is
+  # above this many times ln V, the loss of a uniform guess, after optim.warmup_steps: at 2 the
+  # model's perplexity is V², far past anything a learning run passes through (0 = off).
+  config.train.divergence_factor = 2.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "sgd"             # sgd | adagrad | adam
@@ -78,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.monitor = ml_collections.ConfigDict()
   config.monitor.noise_scale_every = 10  # gradient noise scale every N steps (needs >= 2 replicas; 0 = off)
   config.monitor.noise_scale_decay = 0.95  # its moving averages (McCandlish et al. App. A.1)
+  config.monitor.profile_steps = ""      # "A,B": tf.profiler trace of steps A..B (from 1) into the
+                                        # train run's Profile tab; single/mirrored/multi_worker; "" = off
 
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)

@@ -308,8 +308,9 @@ class SentenceVAE(tf.Module):
                                                           tf.logical_not(tf.reduce_all(done))),
         body, (tf.constant(0), first, state, tf.zeros([batch], tf.bool),
                tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
-    ids = out.stack()                                     # [L, B]
-    return tf.transpose(tf.reshape(ids, [-1, batch]))
+    # An empty batch is done before the first word: no step ran and nothing was written.
+    ids = tf.cond(out.size() > 0, out.stack, lambda: tf.zeros([0, batch], tf.int32))   # [L, B]
+    return tf.transpose(tf.reshape(ids, [tf.shape(ids)[0], batch]))
 
 
 def words_of(ids, vocab_words, eos_id: int) -> list[list[str]]:

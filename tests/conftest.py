@@ -5,6 +5,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "kernels: results depend on the CPU's kernels (serving, numerics); .ci/run runs "
+      "these again with TF_ENABLE_ONEDNN_OPTS=1 and =0")
+
 SENTENCES = [
     "the cat sat on the mat",
     "the dog sat on the log",

@@ -38,8 +38,20 @@ out["sample"] = [smp(5), smp(5), smp(6)]
 i = sig["interpolate"](first=tf.constant("the company said"), second=tf.constant("stocks fell"),
                        steps=tf.constant(4))
 out["interpolate"] = {k: v.shape.as_list() for k, v in i.items()}
-out["empty_batch"] = {k: v.shape.as_list() for k, v in
-                      sig["serving_default"](sentences=tf.constant([], tf.string)).items()}
+# An empty request gets empty answers from every signature that takes a batch.
+empty = tf.constant([], tf.string)
+out["empty_batch"] = {name: {k: v.shape.as_list() for k, v in sig[name](sentences=empty).items()}
+                      for name in ("serving_default", "score", "encode")}
+dim = e["mean"].shape[1]
+out["empty_decode"] = sig["decode"](z=tf.zeros([0, dim]), temperature=tf.constant(1.0),
+                                    seed=tf.constant(0))["text"].shape.as_list()
+out["empty_sample"] = {k: v.shape.as_list() for k, v in sig["sample"](
+    count=tf.constant(0), temperature=tf.constant(1.0), seed=tf.constant(0)).items()}
+try:   # interpolate has no batch: its smallest request is 2 steps, fewer is an error
+  sig["interpolate"](first=tf.constant("a"), second=tf.constant("b"), steps=tf.constant(0))
+  out["interpolate_0"] = None
+except tf.errors.InvalidArgumentError as err:
+  out["interpolate_0"] = err.message[:300]
 assert "tfsys" not in sys.modules and "models" not in sys.modules
 print("RESULT" + json.dumps(out))
 """
@@ -111,6 +123,7 @@ def test_tools_sample_reconstruct_homotopy_impute_evaluate(trained):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.kernels
 def test_export_and_every_signature_from_a_tensorflow_only_process(trained):
   tmp, workdir = trained
   export_dir = str(tmp / "export")
@@ -131,7 +144,12 @@ def test_export_and_every_signature_from_a_tensorflow_only_process(trained):
   assert r["bad_z"] and "z must be [batch, 8]" in r["bad_z"]
   assert r["sample"][0] == r["sample"][1] and r["sample"][0] != r["sample"][2]
   assert r["interpolate"] == {"text": [4], "z": [4, 8]}
-  assert r["empty_batch"]["iw_nll"] == [0]
+  for name in ("serving_default", "score", "encode"):
+    assert r["empty_batch"][name] and all(shape[0] == 0 for shape in r["empty_batch"][name].values()), name
+  assert set(r["empty_batch"]["score"]) == set(score)
+  assert r["empty_decode"] == [0]
+  assert r["empty_sample"] == {"text": [0], "z": [0, 8]}
+  assert r["interpolate_0"] and "steps" in r["interpolate_0"]
   # The checkpoint's sampler gives the SavedModel's sentences for the same seed.
   out, _ = _run([PY, "scripts/sample.py", f"--saved_model={version}", "--num_sentences=3",
                  "--seed=4", "--temperature=1"])

@@ -50,6 +50,7 @@ def single_losses(tmp_path_factory):
   return losses
 
 
+@pytest.mark.kernels
 def test_mirrored_matches_single(single_losses, tmp_path):
   workdir = str(tmp_path)
   _run([sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}",

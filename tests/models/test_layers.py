@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from models.layers.char_cnn import char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
+
+pytestmark = pytest.mark.kernels   # numerics: .ci/run repeats these with oneDNN on and off
 
 
 def _sigmoid(x):

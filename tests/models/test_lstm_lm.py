@@ -6,6 +6,8 @@ import models
 from configs import lm1b_big_lstm_cnn, lm1b_lstm_2048_512, ptb_char_cnn_lstm
 from models.lstm_lm import num_parameters, variable_shapes
 
+pytestmark = pytest.mark.kernels   # numerics: .ci/run repeats these with oneDNN on and off
+
 LM1B_VOCAB = 793_471  # DESIGN.md §5
 
 

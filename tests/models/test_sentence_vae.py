@@ -13,6 +13,8 @@ from tfsys.data.sentences import batch_of
 from tfsys.errors import UserError
 from tfsys.train.tasks import active_units, mutual_information
 
+pytestmark = pytest.mark.kernels   # numerics: .ci/run repeats these with oneDNN on and off
+
 WORDS = ["<unk>", "<eos>"] + [f"w{i}" for i in range(30)]
 
 

@@ -4,6 +4,8 @@ from configs import common
 from tfsys.errors import UserError
 from tfsys.train.optim import LearningRate, make_optimizer
 
+pytestmark = pytest.mark.kernels   # numerics: .ci/run repeats these with oneDNN on and off
+
 
 def _optim(**kw):
   c = common.base_config().optim

@@ -25,8 +25,16 @@ from tfsys.train.optim import LearningRate, make_optimizer
 RESULTS_FILE = "results.json"
 
 
-class NonFiniteLossError(UserError):
-  """The loss became NaN or infinite; the last good checkpoint is left in place."""
+class DivergedError(UserError):
+  """Training diverged: the loss went far above a uniform guess's (train.divergence_factor).
+
+  The last good checkpoint is left in place: a checkpoint is written only after the step's
+  loss passed this check.
+  """
+
+
+class NonFiniteLossError(DivergedError):
+  """The loss (or the weights) became NaN or infinite; the last good checkpoint is left in place."""
 
 
 def check(config):
@@ -38,6 +46,9 @@ def check(config):
     raise UserError(f"--config.optim.loss_per must be token or sequence, got {config.optim.loss_per!r}")
   if not 0.0 <= config.model.dropout < 1.0:
     raise UserError(f"--config.model.dropout must be in [0, 1), got {config.model.dropout}")
+  factor = t.divergence_factor
+  if factor and not factor > 1.0:
+    raise UserError(f"--config.train.divergence_factor must be above 1 (or 0 = off), got {factor}")
 
 
 def sq_norm(grads):
@@ -112,6 +123,10 @@ class Run:
     self.task.bind(self.model)
     self.saved_step = self.start
     self.last_valid, self.samples = None, []
+    # The divergence stop: a loss per token above divergence_factor × ln V, the loss of a
+    # uniform guess over the vocabulary, after the warm-up.
+    self.divergence_factor = config.train.divergence_factor
+    self.uniform_loss = math.log(len(self.vocab))
     # (time, step) at the first progress line: throughput after tracing and start-up.
     self._steady = None
 
@@ -139,6 +154,7 @@ class Run:
       raise NonFiniteLossError(f"validation loss is {result['loss']} at step {step}; stopping. "
                                f"The last good checkpoint ({latest}) "
                                "is kept; lower --config.optim.learning_rate")
+    self._check_divergence("validation loss", result["loss"], step)
     if self.learning_rate.after_eval(result["perplexity"]):
       logging.info("validation perplexity stalled: learning rate decay now %.4g",
                    float(self.learning_rate.decay.numpy()))
@@ -160,11 +176,25 @@ class Run:
 
   # ---------------------------------------------------------------- output
   def check_loss(self, loss: float, step: int) -> None:
+    """Stops the run (before anything of `step` is saved) if its training loss is not finite
+    or has diverged."""
     if not math.isfinite(loss):
       raise NonFiniteLossError(
           f"loss is {loss} at step {step}; stopping. The last good checkpoint "
           f"({self.checkpointer.latest or 'none'}) is kept; lower --config.optim.learning_rate "
           "or set --config.optim.clip_norm and run again")
+    self._check_divergence("loss", loss, step)
+
+  def _check_divergence(self, what: str, loss: float, step: int) -> None:
+    factor = self.divergence_factor
+    if not factor or step <= self.config.optim.warmup_steps or loss <= factor * self.uniform_loss:
+      return
+    raise DivergedError(
+        f"{what} {loss:.4g} at step {step} is above {factor:g} x ln V = "
+        f"{factor * self.uniform_loss:.2f} (a uniform guess over the {len(self.vocab)} words "
+        f"scores ln V = {self.uniform_loss:.2f}): the run diverged; stopping. The last good "
+        f"checkpoint ({self.checkpointer.latest or 'none'}) is kept; lower "
+        "--config.optim.learning_rate (or raise --config.train.divergence_factor, 0 = off)")
 
   def log_progress(self, step: int, loss: float, learning_rate: float, grad_norm: float,
                    perf: dict, eta_secs: float, metric_sums: dict | None = None) -> None:
