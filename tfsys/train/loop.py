@@ -9,12 +9,14 @@ strategy; the parameter-server backends (sync_backup, async_ps) split the same s
 chief that applies updates and workers that compute gradients (ps_loop.py).
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tfsys.distribute.backends import make_backend
-from tfsys.monitor import NoiseScale, Throughput
+from tfsys.monitor import NoiseScale, StepProfiler, Throughput
 from tfsys.train.evaluate import _reset
 from tfsys.train.run import NonFiniteLossError, Run, sq_norm
 
@@ -26,15 +28,17 @@ def train_and_evaluate(config, workdir: str) -> dict | None:
 
   Returns None in a process that has no results of its own (a parameter-server worker).
   """
+  profiler = StepProfiler(config.monitor.profile_steps, os.path.join(workdir, "train"))
   backend = make_backend(config.distribute)  # first: fixes devices and threads
   if backend.ps is not None:
+    profiler.unsupported(config.distribute.backend)
     from tfsys.train import ps_loop
     return ps_loop.run(config, workdir, backend)
   replicas = backend.strategy.num_replicas_in_sync
-  return _train_allreduce(Run(config, workdir, backend, replicas, data_shards=replicas))
+  return _train_allreduce(Run(config, workdir, backend, replicas, data_shards=replicas), profiler)
 
 
-def _train_allreduce(run: Run) -> dict:
+def _train_allreduce(run: Run, profiler: StepProfiler) -> dict:
   config, strategy = run.config, run.backend.strategy
   model, optimizer, learning_rate = run.model, run.optimizer, run.learning_rate
   variables, step_var, writers = run.variables, run.step_var, run.writers
@@ -118,14 +122,17 @@ def _train_allreduce(run: Run) -> dict:
   throughput = Throughput(start, run.total_steps)
   losses, sums = [], {}
   step = start
+  profiler.begin(start, enabled=run.is_chief)
   try:
     while step < run.total_steps:
       if step == start and start == 0:
         writers.trace_on()
+      profiler.before(step + 1)
       out, state = train_step(next(iterator), state)
       if step == start and start == 0:
         writers.trace_export("train", "train_step", step)
       loss = float(out["loss"])
+      profiler.after(step + 1)
       run.check_loss(loss, step + 1)
       step += 1
       losses.append(loss)
@@ -153,5 +160,7 @@ def _train_allreduce(run: Run) -> dict:
       run.save(step, gather_rows(state))
     logging.info("interrupted at step %d; run the same command again to resume", step)
     raise
+  finally:
+    profiler.stop()   # a run that ends (or fails) before step B still writes its trace
 
   return run.finish(step, lambda: gather_rows(state))
