@@ -17,6 +17,10 @@ sync b = 1 and async (N + 1 workers) in the one-straggler scenario.
 
 The last line is one JSON object for the one-straggler scenario: b0_mean_step_ms,
 b1_mean_step_ms, no_straggler_mean_step_ms, speedup = b0 / b1, b1_over_ideal = b1 / ideal.
+
+--steps_out=PATH also writes every step's time of each run (ideal, one_b0, one_b1, all_b0,
+all_b1; in ms, the warm-up steps included) to PATH as JSON, for scripts/plot_results.py
+--backup_steps=PATH.
 """
 import json
 import os
@@ -38,6 +42,8 @@ _N = flags.DEFINE_integer("n", 3, "replicas_to_aggregate")
 _COMPUTE = flags.DEFINE_float("compute_ms", 30.0, "simulated compute per step, every worker")
 _SCALE = flags.DEFINE_float("scale_ms", 40.0, "Pareto scale of a straggler's extra delay")
 _SHAPE = flags.DEFINE_float("shape", 1.5, "Pareto shape (heavy tail)")
+_STEPS_OUT = flags.DEFINE_string("steps_out", None, "if set: write every step's time of each "
+                                 "run to this JSON file (for scripts/plot_results.py)")
 WARMUP = 10
 
 
@@ -48,6 +54,34 @@ def _run(workdir, backend, workers, backups, straggler):
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if proc.returncode:
     raise SystemExit(f"run failed:\n{proc.stdout[-3000:]}")
+
+
+def _step_ms(workdir):
+  """Every step's time in ms (from sync_steps.jsonl, the warm-up steps included), step 1 first."""
+  with open(os.path.join(workdir, "sync_steps.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return [round(r["secs"] * 1e3, 1) for r in sorted(records, key=lambda r: r["step"])]
+
+
+def _write_steps(path, step_ms, stats, busy):
+  out = {"what": "the chief's time of every step (ms, sync_steps.jsonl 'secs'; step_ms[run][k] is "
+                 f"step k + 1) of each run of bench/backup_workers.py; the summary statistics "
+                 f"leave out the first {WARMUP} steps",
+         "command": " ".join(["python", "bench/backup_workers.py", *sys.argv[1:]]),
+         "n": _N.value, "steps": _STEPS.value, "compute_ms": _COMPUTE.value,
+         "scale_ms": _SCALE.value, "shape": _SHAPE.value, "warmup": WARMUP,
+         "background_busy": round(busy, 3),
+         "scenarios": {"one": f"worker 0 late every step by {_SCALE.value:g} ms x (1 + "
+                              f"Pareto({_SHAPE.value:g}))",
+                       "all": f"every worker late so ({_SCALE.value:g} ms x (1 + "
+                              f"Pareto({_SHAPE.value:g}))) with probability 0.1 per step",
+                       "ideal": "N workers, b = 0, no stragglers"},
+         "step_ms": step_ms,
+         "mean_step_ms": {k: round(float(s["mean"]), 1) for k, s in stats.items()}}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=1)
+    f.write("\n")
 
 
 def _step_stats(workdir, n):
@@ -95,16 +129,18 @@ def main(argv):
   scenarios = {"one": ["--config.distribute.straggler.workers=0"],
                "all": ["--config.distribute.straggler.workers=all",
                        "--config.distribute.straggler.probability=0.1"]}
-  stats, curves = {}, {}
+  stats, curves, step_ms = {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     ideal_dir = os.path.join(tmp, "ideal")
     _run(ideal_dir, "sync_backup", n, 0, [])
     stats["ideal"] = _step_stats(ideal_dir, n)
+    step_ms["ideal"] = _step_ms(ideal_dir)
     for scenario, straggler in scenarios.items():
       for b in (0, 1):
         d = os.path.join(tmp, f"{scenario}_b{b}")
         _run(d, "sync_backup", n + b, b, straggler)
         stats[f"{scenario}_b{b}"] = _step_stats(d, n)
+        step_ms[f"{scenario}_b{b}"] = _step_ms(d)
         if scenario == "one":
           curves[f"sync b={b}"] = _loss_curve(d)
     d = os.path.join(tmp, "async")
@@ -122,6 +158,9 @@ def main(argv):
   for name, curve in curves.items():
     points = ", ".join(f"{t:.1f}s: {loss:.3f}" for t, _, loss in curve[::3])
     print(f"  {name:<18} {points}")
+  if _STEPS_OUT.value:
+    _write_steps(_STEPS_OUT.value, step_ms, stats, busy)
+    print(f"\nevery step's time written to {_STEPS_OUT.value}")
   b0, b1, ideal = stats["one_b0"]["mean"], stats["one_b1"]["mean"], stats["ideal"]["mean"]
   print(json.dumps({"b0_mean_step_ms": round(b0, 1), "b1_mean_step_ms": round(b1, 1),
                     "no_straggler_mean_step_ms": round(ideal, 1),
