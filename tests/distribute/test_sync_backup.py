@@ -1,11 +1,13 @@
 """Synchronous SGD with backup workers and asynchronous SGD on parameter servers, with real
 processes on 127.0.0.1: semantics (first N used, late ones dropped, never applied), a worker
-killed and restarted, the chief dying, the whole cluster relaunched, and bad cluster input."""
+killed and restarted, the chief dying, the whole cluster relaunched, Ctrl-C, and bad cluster
+input."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -210,6 +212,9 @@ def test_without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves(tmp_
     assert all(r["used"] == [0, 1] for r in records)
     for name in ("worker0", "worker1"):        # the chief closed their token queues
       assert tasks.procs[name].wait(timeout=60) == 0
+      # ... and the ps applied exactly the steps recorded: with b = 0 every step takes both
+      # workers' gradients, and a worker computes one for each step published (0 to saved).
+      assert f"pushed {saved + 1} gradients" in tasks.log(name), tasks.log(name)[-2000:]
   finally:
     tasks.kill_all()
 
@@ -232,6 +237,103 @@ def test_async_ps_trains_with_every_worker_applying(tmp_path):
   assert sum(a[-1] for a in applied) <= 60 + 1 and applied[1][-1] > applied[0][-1]
   loss = _scalars(workdir, "train/loss")
   assert loss[-1] < loss[0]
+
+
+# ---------------------------------------------------------------- Ctrl-C in the sync chief
+# The chief's SIGINT handling (ps_loop._CtrlC) with the ps loop stood in for by a function run
+# the same way (a _Call), and the signal sent at each moment of a stretch that used to lose the
+# ps: no cluster and no timing, so each moment is hit every time.
+@pytest.fixture
+def ctrl_c():
+  from tfsys.train.ps_loop import _CtrlC
+  handler = _CtrlC()
+  handler.install()
+  yield handler
+  handler.uninstall()
+
+
+class _PsLoop:
+  """Stands in for steps_on_ps: blocked in its take until the stop arrives (b = 0, a worker's
+  gradient missing), or returning at once."""
+
+  def __init__(self, blocks: bool, on_start=None):
+    self.blocks, self.on_start = blocks, on_start
+    self.stops, self.stopped = 0, threading.Event()
+
+  def run(self):
+    if self.on_start:
+      self.on_start()
+    if self.blocks and not self.stopped.wait(60):
+      return "never stopped"
+    return "steps 31-33"
+
+  def stop(self):
+    self.stops += 1
+    self.stopped.set()
+
+
+def _not_woken(secs):
+  raise AssertionError(f"the chief's wait was not woken by the Ctrl-C ({secs:.0f} s)")
+
+
+def _ctrl_c_to_main_thread():
+  """SIGINT to the main thread while it waits, as the kernel delivers a Ctrl-C."""
+  signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
+def _stretch(ctrl_c, loop, moment):
+  """One stretch as SyncChief.train runs it, with a SIGINT at `moment`; returns what it
+  recorded and the KeyboardInterrupt's type."""
+  from tfsys.train.ps_loop import _Call
+  recorded = []
+  with pytest.raises(KeyboardInterrupt) as raised:
+    with ctrl_c.deferred():
+      call = _Call(loop.run, notify=ctrl_c.events)
+      if moment == "started":
+        signal.raise_signal(signal.SIGINT)
+      out = ctrl_c.wait(call, loop.stop, 30, _not_woken)
+      if moment == "returned":
+        signal.raise_signal(signal.SIGINT)
+      recorded.append(out)
+  return recorded, raised.type
+
+
+def test_ctrl_c_while_the_ps_loop_waits_for_a_gradient_stops_it_once(ctrl_c):
+  loop = _PsLoop(blocks=True, on_start=_ctrl_c_to_main_thread)
+  assert _stretch(ctrl_c, loop, "waiting") == (["steps 31-33"], KeyboardInterrupt)
+  assert loop.stops == 1
+
+
+def test_ctrl_c_after_the_ps_loop_started_but_before_the_wait_still_stops_it(ctrl_c):
+  # Raised at once, this left the ps loop running with nothing to stop it.
+  loop = _PsLoop(blocks=True)
+  assert _stretch(ctrl_c, loop, "started") == (["steps 31-33"], KeyboardInterrupt)
+  assert loop.stops == 1
+
+
+def test_ctrl_c_as_the_ps_loop_returns_keeps_its_steps(ctrl_c):
+  # Raised at once, this dropped the stretch's steps from the record and the step count.
+  loop = _PsLoop(blocks=False)
+  assert _stretch(ctrl_c, loop, "returned") == (["steps 31-33"], KeyboardInterrupt)
+  assert loop.stops == 0
+
+
+def test_a_second_ctrl_c_leaves_a_ps_loop_that_does_not_stop(ctrl_c):
+  from tfsys.train.ps_loop import _CtrlC
+  loop = _PsLoop(blocks=True, on_start=_ctrl_c_to_main_thread)
+  loop.stop = lambda: threading.Thread(target=_ctrl_c_to_main_thread).start()  # stop lost
+  try:
+    assert _stretch(ctrl_c, loop, "waiting") == ([], _CtrlC.Again)
+  finally:
+    loop.stopped.set()                       # let the stand-in's thread end
+
+
+def test_ctrl_c_during_the_chiefs_duties_is_raised_at_once(ctrl_c):
+  # No ps call is in flight during an evaluation or a checkpoint: stop there, as always.
+  with pytest.raises(KeyboardInterrupt):
+    signal.raise_signal(signal.SIGINT)
+    pytest.fail("a Ctrl-C outside a stretch was deferred")
+  assert ctrl_c.requested
 
 
 # ---------------------------------------------------------------- bad cluster input

@@ -32,8 +32,11 @@ sync_backup; under async_ps every worker computes on batch_size / num_workers ro
 per-worker batch as sync_backup with N = num_workers.
 """
 import collections
+import contextlib
 import json
 import os
+import queue
+import signal
 import threading
 import time
 
@@ -236,9 +239,10 @@ class _Call:
   a call still blocked on the ps; and the main thread stays free to take a KeyboardInterrupt
   and wait again. Completion is an Event, not Thread.join: a join interrupted by
   KeyboardInterrupt can leave the thread looking finished while it still runs (CPython 3.11).
+  With `notify`, the call also puts itself there when it ends (see _CtrlC.wait).
   """
 
-  def __init__(self, fn):
+  def __init__(self, fn, notify: queue.SimpleQueue | None = None):
     self._result, self._done = {}, threading.Event()
 
     def target():
@@ -248,7 +252,19 @@ class _Call:
         self._result["error"] = e
       finally:
         self._done.set()
+        if notify is not None:
+          notify.put(self)
     threading.Thread(target=target, daemon=True).start()
+
+  @property
+  def done(self) -> bool:
+    return self._done.is_set()
+
+  def result(self):
+    """fn()'s result, or its exception raised here; only once `done`."""
+    if "error" in self._result:
+      raise self._result["error"]
+    return self._result["value"]
 
   def wait(self, every_secs: float, on_wait):
     """fn()'s result; on_wait(seconds waited) every `every_secs` until it returns."""
@@ -256,9 +272,90 @@ class _Call:
     while not self._done.wait(every_secs):
       waited += every_secs
       on_wait(waited)
-    if "error" in self._result:
-      raise self._result["error"]
-    return self._result["value"]
+    return self.result()
+
+
+class _CtrlC:
+  """SIGINT in the sync chief: a KeyboardInterrupt at once during its duties (evaluation,
+  checkpoint), but only a request while a stretch of steps is under way on the ps (`deferred`).
+
+  Python raises KeyboardInterrupt at whichever line the main thread is on, and a stretch has
+  two places where that loses track of the ps. Raised after the call that runs the steps has
+  started but before the chief waits for it, nothing sends the stop: the ps loop goes on
+  applying steps while the chief saves parameters from the middle of them under an older step,
+  closes the token queues under the loop's feet and exits with the call still waiting on the
+  ps for gradients. Raised after the call has returned but before its steps are recorded, the
+  steps it applied are missing from the record and the step count, and the checkpoint named
+  after the last recorded step holds the parameters of a later one (an interrupt put there:
+  "interrupted at step 30" after 40 steps applied). So within `deferred` the handler only
+  records the request and wakes `wait`, which sends the stop once; `deferred` raises
+  KeyboardInterrupt on the way out, once the chief has recorded everything the ps applied.
+  A second Ctrl-C there raises `Again` at once, for a ps loop that does not stop.
+  """
+
+  class Again(KeyboardInterrupt):
+    """A second Ctrl-C within a stretch: the chief leaves without waiting for the ps, so what
+    it applied is not known and nothing is saved."""
+
+  def __init__(self):
+    self.requested = False
+    # Wakes `wait` for a Ctrl-C and for the call's end alike. The handler runs in the main
+    # thread between two of its bytecodes, maybe inside `wait`'s own get: SimpleQueue.put is
+    # reentrant (a Condition's lock, as in threading.Event.set, could deadlock there).
+    self.events = queue.SimpleQueue()
+    self._deferring = False
+    self._installed, self._previous = False, None
+
+  def _handler(self, signum, frame):
+    del frame
+    again, self.requested = self.requested, True
+    if not self._deferring:
+      raise KeyboardInterrupt
+    if again:
+      raise self.Again
+    self.events.put(signum)
+
+  def install(self) -> None:
+    # Only the main thread may install a handler (and Python runs handlers only there).
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handler)
+      self._installed = True
+
+  def uninstall(self) -> None:
+    if self._installed:
+      signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+      self._installed = False
+
+  @contextlib.contextmanager
+  def deferred(self):
+    """A Ctrl-C inside is raised as KeyboardInterrupt when the body has finished (not when it
+    fails: its own error goes first)."""
+    self._deferring = True
+    try:
+      yield
+    finally:
+      self._deferring = False
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def wait(self, call: _Call, stop, every_secs: float, on_wait):
+    """call's result (a _Call made with notify=self.events). After a Ctrl-C it calls stop()
+    once and waits on: the call must return by itself for what it did to be known.
+    on_wait(seconds waited) every `every_secs` meanwhile."""
+    waited, stopping = 0.0, False
+    while True:
+      if self.requested and not stopping and not call.done:
+        logging.info("[chief] Ctrl-C: stopping the steps on the ps after the one under way")
+        stop()
+        stopping = True
+      try:
+        event = self.events.get(timeout=every_secs)
+      except queue.Empty:
+        waited += every_secs
+        on_wait(waited)
+        continue
+      if event is call:
+        return call.result()
 
 
 def _patiently(fn, every_secs: float, on_wait):
@@ -398,6 +495,7 @@ class SyncChief:
           tf.raw_ops.QueueCloseV2(handle=q, cancel_pending_enqueues=True)
 
     self._steps_on_ps, self._stop = steps_on_ps, stop
+    self._ctrl_c = _CtrlC()
     self._drain, self._first_tokens, self._close = drain, first_tokens, close
 
   def _initialise_ps(self) -> None:
@@ -430,15 +528,17 @@ class SyncChief:
 
   def _steps(self, first: int, count: int):
     """Runs `count` steps from `first` on the ps tasks (steps_on_ps), saying whom it waits for
-    while it waits. On KeyboardInterrupt it stops the ps after the step under way, so that what
-    was applied is known, and returns with `interrupted` set.
+    while it waits. Called within self._ctrl_c.deferred(): after a Ctrl-C it starts nothing,
+    or stops the ps after the step under way, so that what was applied is known.
 
-    Returns ([(used, dropped, stats, ps time) per step applied], interrupted): used maps each
-    of the N workers used to (loss, fingerprint, secs), dropped lists (worker, step of its
-    gradient, secs), stats is (grad norm, sum over used |g_w|^2, |mean g|^2, fingerprint of
-    the mean applied).
+    Returns [(used, dropped, stats, ps time) per step applied]: used maps each of the N
+    workers used to (loss, fingerprint, secs), dropped lists (worker, step of its gradient,
+    secs), stats is (grad norm, sum over used |g_w|^2, |mean g|^2, fingerprint of the mean
+    applied).
     """
     r = self.r
+    if self._ctrl_c.requested:
+      return []
     steps = tf.range(first, first + count, dtype=tf.int64)
     rates = tf.broadcast_to(tf.cast(r.learning_rate(steps), tf.float32), [count])
     t = int(r.optimizer.iterations.numpy()) + 1     # Adam's step count
@@ -452,14 +552,9 @@ class SyncChief:
                       "%s", step + 1, secs, self.num_workers - len(missing), self.n,
                       ", ".join(missing))
     call = _Call(lambda: self._steps_on_ps(tf.constant(self.n), tf.constant(first, tf.int64),
-                                           rates, tf.cast(ts, tf.float32)))
-    interrupted = False
-    try:
-      out = call.wait(self.wait_log_secs, on_wait)
-    except KeyboardInterrupt:
-      interrupted = True
-      self._stop()
-      out = call.wait(self.wait_log_secs, on_wait)
+                                           rates, tf.cast(ts, tf.float32)),
+                 notify=self._ctrl_c.events)
+    out = self._ctrl_c.wait(call, self._stop, self.wait_log_secs, on_wait)
     *commits, stats, times = (x.numpy() for x in out)
     results = [({}, [], step_stats, float(when)) for step_stats, when in zip(stats, times)]
     for w, t_w, loss, secs, fingerprint, at in zip(*(c.tolist() for c in commits)):
@@ -470,7 +565,7 @@ class SyncChief:
         used[w] = (loss, fingerprint, round(secs, 4))
       elif t_w != first + at:
         dropped.append((w, t_w, round(secs, 4)))
-    return results, interrupted
+    return results
 
   def train(self) -> dict:
     r, s = self.r, self.s
@@ -488,48 +583,50 @@ class SyncChief:
     step = r.start
     t_prev = time.time()
     record = open(os.path.join(r.workdir, STEP_RECORD), "a", encoding="utf-8")
+    self._ctrl_c.install()
     try:
       while step < r.total_steps:
         # The steps up to the chief's next duty run on the ps in one call; their records,
         # scalars and log lines are written here afterwards, each under its own step.
-        results, interrupted = self._steps(step, self._next_duty(step) - step)
-        series = collections.defaultdict(list)
-        for used, dropped, (norm, small_sq, big_sq, applied), when in results:
-          step += 1
-          step_secs, t_prev = max(when - t_prev, 0.0), when
-          record.write(json.dumps({
-              "step": step, "used": sorted(used), "dropped": dropped,
-              "secs": round(step_secs, 4),
-              "fingerprints": {str(w): fp for w, (_, fp, _) in sorted(used.items())},
-              "compute_secs": {str(w): secs for w, (_, _, secs) in sorted(used.items())},
-              "applied": float(applied)}) + "\n")
-          loss = float(np.mean([loss for loss, _, _ in used.values()]))
-          r.check_loss(loss, step)
-          losses.append(loss)
-          throughput.add(r.words_per_step)
-          for w in used:
-            used_by[w] += 1
-          for w, t, _ in dropped:
-            dropped_by[w] += 1
-            staleness.append((w, step - 1 - t))   # steps behind when it arrived
-          series["step"].append(step)
-          series["sync/gradients_used"].append(len(used))
-          series["sync/gradients_dropped"].append(len(dropped))
-          series["sync/step_secs"].append(step_secs)
-          if step % self.log_workers_every == 0 or step == r.start + 1:
-            logging.info("[chief] step %d used %s%s", step,
-                         ", ".join(f"worker{w}" for w in sorted(used)),
-                         f"; dropped {', '.join(f'worker{w} (step {t + 1})' for w, t, _ in dropped)}"
-                         if dropped else "")
-          if track_noise and step % noise_every == 0:
-            writers.scalars("train", step, noise_scale.update(
-                float(small_sq) / self.n / pts ** 2, float(big_sq) / pts ** 2, r.local_batch,
-                r.batch))
-        r.optimizer.iterations.assign_add(len(results))
-        r.step_var.assign(step)
-        writers.scalar_series("train", series.pop("step", []), series)
-        if interrupted:
-          raise KeyboardInterrupt
+        # A Ctrl-C from the start of the call to the end of its bookkeeping stops the ps loop
+        # and is raised only here, once the chief's record and step agree with the ps (_CtrlC).
+        with self._ctrl_c.deferred():
+          results = self._steps(step, self._next_duty(step) - step)
+          series = collections.defaultdict(list)
+          for used, dropped, (norm, small_sq, big_sq, applied), when in results:
+            step += 1
+            step_secs, t_prev = max(when - t_prev, 0.0), when
+            record.write(json.dumps({
+                "step": step, "used": sorted(used), "dropped": dropped,
+                "secs": round(step_secs, 4),
+                "fingerprints": {str(w): fp for w, (_, fp, _) in sorted(used.items())},
+                "compute_secs": {str(w): secs for w, (_, _, secs) in sorted(used.items())},
+                "applied": float(applied)}) + "\n")
+            loss = float(np.mean([loss for loss, _, _ in used.values()]))
+            r.check_loss(loss, step)
+            losses.append(loss)
+            throughput.add(r.words_per_step)
+            for w in used:
+              used_by[w] += 1
+            for w, t, _ in dropped:
+              dropped_by[w] += 1
+              staleness.append((w, step - 1 - t))   # steps behind when it arrived
+            series["step"].append(step)
+            series["sync/gradients_used"].append(len(used))
+            series["sync/gradients_dropped"].append(len(dropped))
+            series["sync/step_secs"].append(step_secs)
+            if step % self.log_workers_every == 0 or step == r.start + 1:
+              late = ", ".join(f"worker{w} (step {t + 1})" for w, t, _ in dropped)
+              logging.info("[chief] step %d used %s%s", step,
+                           ", ".join(f"worker{w}" for w in sorted(used)),
+                           f"; dropped {late}" if dropped else "")
+            if track_noise and step % noise_every == 0:
+              writers.scalars("train", step, noise_scale.update(
+                  float(small_sq) / self.n / pts ** 2, float(big_sq) / pts ** 2, r.local_batch,
+                  r.batch))
+          r.optimizer.iterations.assign_add(len(results))
+          r.step_var.assign(step)
+          writers.scalar_series("train", series.pop("step", []), series)
         if step % config.train.log_every == 0 or step == r.total_steps:
           perf = throughput.report(step)
           rate = r.learning_rate(tf.constant(step - 1, tf.int64))
@@ -552,12 +649,17 @@ class SyncChief:
         s.evaluate_and_save(step, evaluated, save)
         if save:
           record.flush()
+    except _CtrlC.Again:
+      logging.warning("[chief] Ctrl-C again: leaving without waiting for the ps; not saved, "
+                      "so a run of the same command resumes at step %d", r.saved_step)
+      raise
     except KeyboardInterrupt:
       if step > r.saved_step:
         s.evaluate_and_save(step, evaluated=False, save=True)
       logging.info("interrupted at step %d; run the same command again to resume", step)
       raise
     finally:
+      self._ctrl_c.uninstall()
       self._close()  # workers blocked on a token see the end and exit
       record.close()
     logging.info("[chief] gradients used per worker %s, dropped per worker %s",
