@@ -130,13 +130,12 @@ def _plain(text_html: str) -> str:
   return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text_html)).split())
 
 
-def check_workdir(tb: TensorBoard, workdir: str, prefix: str = "", log_text: str = "",
-                  graph: bool = True) -> dict:
+def check_workdir(tb: TensorBoard, workdir: str, prefix: str = "", log_text: str = "") -> dict:
   """Asserts what `tb` (whose logdir holds workdir at `prefix`, "" or "name/") serves for it.
 
   log_text: the run's log, whose progress lines the served train/loss must match (to the 3
-  decimals they print). graph: the run traced its step (the all-reduce backends; the
-  parameter-server chief writes no graph, and then none may be served). Returns
+  decimals they print). Every backend's chief writes the step's graph (the all-reduce loop
+  traces the step it runs, a parameter-server chief the workers' step). Returns
   {run: {tag: (steps, values)}} of every scalar served.
   """
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
@@ -189,17 +188,13 @@ def check_workdir(tb: TensorBoard, workdir: str, prefix: str = "", log_text: str
   rows = tb.get("/data/plugin/histograms/histograms", run=train, tag=weights[0])
   assert rows and all(len(buckets) > 0 for _, _, buckets in rows), rows
 
-  # Graphs: the training step's op graph, as the Graphs dashboard loads it; a run that wrote
-  # none (graph=False) must not show one either.
+  # Graphs: the training step's op graph, as the Graphs dashboard loads it.
   info = tb.get("/data/plugin/graphs/info")
   written = event_graphs(os.path.join(workdir, "train"))
-  if not graph:
-    assert not written and train not in info, (sorted(written), info.get(train))
-  else:
-    assert written == {"train_step"}, written
-    assert info[train]["tags"]["train_step"]["op_graph"], info
-    pbtxt = tb.get("/data/plugin/graphs/graph", run=train, tag="train_step", conceptual="false")
-    assert isinstance(pbtxt, str) and "node {" in pbtxt and "MatMul" in pbtxt, pbtxt[:500]
+  assert written == {"train_step"}, written
+  assert info[train]["tags"]["train_step"]["op_graph"], info
+  pbtxt = tb.get("/data/plugin/graphs/graph", run=train, tag="train_step", conceptual="false")
+  assert isinstance(pbtxt, str) and "node {" in pbtxt and "MatMul" in pbtxt, pbtxt[:500]
   return served
 
 

@@ -145,7 +145,7 @@ def test_sync_backup_run_as_tensorboard_serves_it(runs):
   # Only the chief writes TensorBoard: no worker's or ps task's run appears.
   assert sorted(r for r in tb.get("/data/runs") if r.startswith("sync/")) == ["sync/eval",
                                                                               "sync/train"]
-  served = check_workdir(tb, str(workdir), "sync/", log_text=logs["sync"], graph=False)
+  served = check_workdir(tb, str(workdir), "sync/", log_text=logs["sync"])
   train = served["sync/train"]
   with open(workdir / "sync_steps.jsonl", encoding="utf-8") as f:
     records = [json.loads(line) for line in f]

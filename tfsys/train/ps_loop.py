@@ -514,6 +514,7 @@ class SyncChief:
     s.global_step.assign(r.start)
     s.mark_started()
     self._first_tokens(tf.constant(r.start, tf.int64))
+    write_step_graph(r, s)   # while the workers compute the first step
     logging.info("[chief] state on %d ps task(s) (%s MB each); N=%d of %d workers per step",
                  len(s.devices), "/".join(f"{b / 2**20:.1f}" for b in s.params.bytes_per_ps),
                  self.n, self.num_workers)
@@ -669,6 +670,36 @@ class SyncChief:
     return r.finish(step)
 
 
+def gradient_function(r: Run, shared: SharedState):
+  """A ps worker's computation: (flat gradients, loss, new state) of its rows' batch."""
+  model, variables, pts = r.model, r.variables, r.per_token_scale
+
+  @tf.function(reduce_retracing=True)   # sentence batches vary in length
+  def compute(batch, state, step):
+    state = _reset(state, batch["reset"])
+    with tf.GradientTape() as tape:
+      loss, metrics, new_state = model.loss(batch, state, training=True, step=step)
+      scaled = loss * pts
+    grads = tape.gradient(scaled, variables)
+    return shared.flatten(grads), loss, new_state
+  return compute
+
+
+def write_step_graph(r: Run, shared: SharedState) -> None:
+  """The chief writes the workers' step graph (forward and backward on worker 0's rows) to the
+  train run as `train_step`, as the all-reduce loop does with the step it runs: it traces the
+  function, it does not run it. Only at the first start, like the all-reduce loop."""
+  if r.start or not r.writers.enabled:
+    return
+  num_workers = shared.ps.num_workers
+  context = tf.distribute.InputContext(num_input_pipelines=num_workers, input_pipeline_id=0,
+                                       num_replicas_in_sync=num_workers)
+  batch = {k: tf.constant(v) for k, v in next(r.stream.replica_windows(0, context)).items()}
+  traced = gradient_function(r, shared).get_concrete_function(
+      batch, r.model.initial_state(r.local_batch), tf.constant(0, tf.int64))
+  r.writers.graph("train", "train_step", traced.graph, r.start)
+
+
 class _Worker:
   """What both kinds of ps worker do: read parameters, compute a gradient on their own rows."""
 
@@ -682,24 +713,14 @@ class _Worker:
     self.context = tf.distribute.InputContext(num_input_pipelines=self.ps.num_workers,
                                               input_pipeline_id=self.me,
                                               num_replicas_in_sync=self.ps.num_workers)
-    model, variables, pts = r.model, r.variables, r.per_token_scale
-    s = shared
+    variables, s = r.variables, shared
 
     @tf.function
     def pull():
       for v, value in zip(variables, s.params.read_all()):
         v.assign(value)
 
-    @tf.function(reduce_retracing=True)   # sentence batches vary in length
-    def compute(batch, state, step):
-      state = _reset(state, batch["reset"])
-      with tf.GradientTape() as tape:
-        loss, metrics, new_state = model.loss(batch, state, training=True, step=step)
-        scaled = loss * pts
-      grads = tape.gradient(scaled, variables)
-      return s.flatten(grads), loss, new_state
-
-    self._pull, self._compute = pull, compute
+    self._pull, self._compute = pull, gradient_function(r, shared)
     self._iterator, self._data_step, self._state = None, None, None
     self._chief_seen = time.monotonic()
 
@@ -900,6 +921,7 @@ class AsyncChief:
     s.lr_decay.assign(r.learning_rate.decay)
     s.global_step.assign(r.start)
     s.mark_started()
+    write_step_graph(r, s)
     logging.info("[chief] state on %d ps task(s); %d asynchronous workers", len(s.devices),
                  s.ps.num_workers)
 
