@@ -4,6 +4,10 @@ Running the same command again resumes from the newest checkpoint in W.
 """
 from tfsys import cli  # first: sets TensorFlow's log level
 
+import os
+import shutil
+import sys
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -27,7 +31,14 @@ def main(argv):
           f"{results['test_active_units']}, mutual information {results['test_mutual_info']:.3f}")
   for k, s in enumerate(results["samples"]):
     print(f"sample {k + 1}: {s.replace(chr(10), ' / ')}")
+  if _CONFIG.value.reference:
+    print(f"\nFor scale: {_CONFIG.value.reference}")
   print(f"\nTensorBoard: tensorboard --logdir {_WORKDIR.value} --host 127.0.0.1 --port 6006")
+  beside = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+  if not shutil.which("tensorboard") and os.path.exists(beside):
+    print(f"  (tensorboard is not on PATH: it is {os.path.relpath(beside)})")
+  print("  then open http://127.0.0.1:6006: Time Series or Scalars for train/loss, "
+        "eval/perplexity, perf/words_per_sec; Text for eval/samples; Graphs for train_step")
 
 
 if __name__ == "__main__":
