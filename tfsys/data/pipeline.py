@@ -67,8 +67,14 @@ class _Stream:
     else:
       gen = lambda: self.replica_windows(start_step, input_context)  # noqa: E731
       spec = self.element_spec(b // input_context.num_replicas_in_sync)
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
-    return ds.prefetch(2)
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
+    # Nothing here to autotune (a Python generator, a fixed buffer), and the autotune thread
+    # can hold up the iterator's deletion, and so the end of a run, until its next wake-up (10
+    # ms x (2^k - 1) after the start: up to a minute): a lost wake-up measured in
+    # bench/tfdata_iterator_wait.py, and what capped Keras fit at "3,418 words/s".
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 class ArrayStream(_Stream):
