@@ -117,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks any experiment to a CPU run of seconds: same code paths, tiny sizes."""
+  config.reference = ""                 # the full-size figures say nothing of a smoke run
   config.data.vocab_size = min(config.data.vocab_size or 2000, 2000)
   config.model.lstm_units = 32
   config.model.projection = 16 if config.model.projection else 0

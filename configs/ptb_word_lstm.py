@@ -12,6 +12,7 @@ from configs import ptb_char_cnn_lstm
 
 def get_config(arg=None):
   config = ptb_char_cnn_lstm.get_config()
+  config.reference = ""                 # the char model's figures are not this model's
   config.model.input = "word"
   config.model.word_dim = 200
   config.model.lstm_units = 200

@@ -48,8 +48,9 @@ def char_cnn(char_ids, params: dict, widths, num_highway, cnn_activation="tanh",
   for w in widths:
     kernel = params[f"conv{w}_w"]
     conv = tf.nn.conv1d(x, kernel, stride=1, padding="VALID")
-    # oneDNN's conv1d (TensorFlow's default on CPUs with AVX-512) returns an empty batch in the
-    # input's shape [0, L, d], not the output's: restate the shape so an empty request works.
+    # oneDNN's conv1d (TensorFlow's default on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX)
+    # returns an empty batch in the input's shape [0, L, d], not the output's: restate the
+    # shape so an empty request works.
     conv = tf.reshape(conv, [n, length - w + 1, kernel.shape[-1]])
     pooled.append(tf.reduce_max(act(conv + params[f"conv{w}_b"]), axis=1))
   y = tf.concat(pooled, axis=-1)

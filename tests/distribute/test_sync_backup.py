@@ -214,7 +214,7 @@ def test_without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves(tmp_
       assert tasks.procs[name].wait(timeout=60) == 0
       # ... and the ps applied exactly the steps recorded: with b = 0 every step takes both
       # workers' gradients, and a worker computes one for each step published (0 to saved).
-      assert f"pushed {saved + 1} gradients" in tasks.log(name), tasks.log(name)[-2000:]
+      assert f"the chief ended training; pushed {saved + 1} gradients" in tasks.log(name), tasks.log(name)[-2000:]
   finally:
     tasks.kill_all()
 

@@ -316,14 +316,18 @@ class _CtrlC:
     self.events.put(signum)
 
   def install(self) -> None:
-    # Only the main thread may install a handler (and Python runs handlers only there).
-    if threading.current_thread() is threading.main_thread():
+    # Only the main thread may install a handler (and Python runs handlers only there); a
+    # chief started with SIGINT ignored (in the background of a script) keeps ignoring it.
+    if (threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
       self._previous = signal.signal(signal.SIGINT, self._handler)
       self._installed = True
 
   def uninstall(self) -> None:
     if self._installed:
-      signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+      # SIG_DFL is 0: test for None (a handler not set from Python), not for truth.
+      signal.signal(signal.SIGINT, signal.default_int_handler if self._previous is None
+                    else self._previous)
       self._installed = False
 
   @contextlib.contextmanager
@@ -694,10 +698,13 @@ def write_step_graph(r: Run, shared: SharedState) -> None:
   num_workers = shared.ps.num_workers
   context = tf.distribute.InputContext(num_input_pipelines=num_workers, input_pipeline_id=0,
                                        num_replicas_in_sync=num_workers)
-  batch = {k: tf.constant(v) for k, v in next(r.stream.replica_windows(0, context)).items()}
-  traced = gradient_function(r, shared).get_concrete_function(
-      batch, r.model.initial_state(r.local_batch), tf.constant(0, tf.int64))
-  r.writers.graph("train", "train_step", traced.graph, r.start)
+  try:
+    batch = {k: tf.constant(v) for k, v in next(r.stream.replica_windows(0, context)).items()}
+    traced = gradient_function(r, shared).get_concrete_function(
+        batch, r.model.initial_state(r.local_batch), tf.constant(0, tf.int64))
+    r.writers.graph("train", "train_step", traced.graph, r.start)
+  except Exception as e:  # noqa: BLE001  (a picture for the Graphs tab: training goes on)
+    logging.warning("[chief] the step's graph was not written to TensorBoard: %s", e)
 
 
 class _Worker:
