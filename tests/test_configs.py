@@ -50,9 +50,10 @@ POISONS = {
 }
 
 
-def _poison(monkeypatch, kind, from_step):
+def _poison(monkeypatch, kind, from_step, evaluation=False):
   """Makes models.build return models whose training loss is poisoned from step `from_step`
-  (0-based: the step variable's value while the step runs) on."""
+  (0-based: the step variable's value while the step runs) on; with `evaluation`, the
+  evaluation loss instead (from the start)."""
   import models
   build = models.build
 
@@ -62,7 +63,10 @@ def _poison(monkeypatch, kind, from_step):
 
     def loss(batch, state, training, step=0):
       value, metrics, new_state = loss_fn(batch, state, training=training, step=step)
-      if training:
+      if evaluation and not training:   # evaluation reads the NLL sum: 100 nats more a token
+        metrics = dict(metrics, nll_sum=metrics["nll_sum"] + 100.0 * tf.cast(
+            metrics["num_tokens"], metrics["nll_sum"].dtype))
+      elif training and not evaluation:
         value = tf.cond(tf.cast(step, tf.int64) >= from_step,
                         lambda: POISONS[kind](value), lambda: tf.identity(value))
       return value, metrics, new_state
@@ -111,6 +115,16 @@ def test_a_diverged_loss_stops_after_the_warmup(tmp_path, monkeypatch):
   cfg = _smoke(20)
   cfg.train.divergence_factor = 0.0                        # off: the run ends normally
   assert train_and_evaluate(cfg, str(tmp_path / "c"))["step"] == 20
+
+
+@pytest.mark.kernels
+def test_a_diverged_validation_loss_stops_before_the_checkpoint(tmp_path, monkeypatch):
+  _poison(monkeypatch, "huge_loss", from_step=0, evaluation=True)   # training is healthy
+  cfg = _smoke(30)
+  cfg.eval.every_steps = 10                                # evaluated before step 10 is saved
+  with pytest.raises(DivergedError, match=r"validation loss 10\d\.?\d* at step 10 is above 2 x "
+                                          r"ln V.*ckpt-5\)"):
+    train_and_evaluate(cfg, str(tmp_path))
 
 
 @pytest.mark.kernels
