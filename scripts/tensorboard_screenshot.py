@@ -30,13 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from absl import flags, logging
 
 from tfsys.errors import UserError
+from tfsys.monitor.tensorboard_server import TensorBoardServer
 
 _LOGDIR = flags.DEFINE_string("logdir", None, "a workdir written by scripts/train.py, or a "
                               "directory of them")
@@ -50,65 +49,6 @@ _TAG_FILTER = flags.DEFINE_string("tag_filter", "", "show only tags matching thi
 _CHROMIUM = flags.DEFINE_string("chromium", "chromium", "the Chromium (or Chrome) binary")
 _TIMEOUT = flags.DEFINE_integer("timeout_secs", 300, "give up on tensorboard or chromium after this")
 flags.mark_flags_as_required(["logdir", "out"])
-
-
-def _tensorboard_command():
-  script = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-  return [script] if os.path.isfile(script) else [sys.executable, "-m", "tensorboard.main"]
-
-
-class _Server:
-  """tensorboard on 127.0.0.1 and a port the OS picks; answers once every event file is loaded."""
-
-  def __init__(self, logdir: str, timeout: float):
-    self._log = tempfile.NamedTemporaryFile("w+", prefix="tensorboard", suffix=".log")  # noqa: SIM115
-    self.proc = subprocess.Popen(
-        [*_tensorboard_command(), f"--logdir={logdir}", "--host=127.0.0.1", "--port=0",
-         # Load everything once, before serving: the first page load sees the whole run.
-         "--load_fast=false", "--reload_interval=0", "--reload_task=blocking"],
-        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-      self._wait_until_serving(time.monotonic() + timeout)
-    except BaseException:
-      self.stop()   # a server that did not come up in time is not left running
-      raise
-
-  def _wait_until_serving(self, deadline: float) -> None:
-    self.url = None
-    while self.url is None:
-      found = re.search(r"at (http://127\.0\.0\.1:\d+)/", self._output())
-      if found:
-        self.url = found.group(1)
-      elif self.proc.poll() is not None:
-        raise UserError(f"tensorboard exited with status {self.proc.returncode}: "
-                        + " / ".join(self._output().strip().splitlines()[-3:]))
-      elif time.monotonic() > deadline:
-        raise UserError(f"tensorboard did not start in {_TIMEOUT.value} s (--timeout_secs)")
-      else:
-        time.sleep(0.2)
-    while True:
-      try:
-        with urllib.request.urlopen(self.url + "/data/runs", timeout=30) as r:
-          r.read()
-        return
-      except (urllib.error.URLError, ConnectionError):
-        if time.monotonic() > deadline:
-          raise UserError(f"tensorboard at {self.url} does not answer (--timeout_secs)") from None
-        time.sleep(0.2)
-
-  def _output(self) -> str:
-    with open(self._log.name, encoding="utf-8", errors="replace") as f:
-      return f.read()
-
-  def stop(self) -> None:
-    if self.proc.poll() is None:
-      self.proc.terminate()
-      try:
-        self.proc.wait(timeout=20)
-      except subprocess.TimeoutExpired:
-        self.proc.kill()
-        self.proc.wait()
-    self._log.close()
 
 
 # The Python side of --remote-debugging-pipe: Chromium reads commands from fd 3 and writes
@@ -278,11 +218,10 @@ def main(argv):
   os.makedirs(os.path.dirname(out), exist_ok=True)
   if os.path.exists(out):
     os.remove(out)   # so that a failed screenshot is not mistaken for the old one
-  server = _Server(logdir, _TIMEOUT.value)
+  server = TensorBoardServer(logdir, _TIMEOUT.value)
   try:
     # A filter that matches nothing renders an empty page that looks like a failed load.
-    with urllib.request.urlopen(server.url + "/data/plugin/scalars/tags", timeout=60) as r:
-      runs = json.load(r)
+    runs = server.get("/data/plugin/scalars/tags")
     tags = sorted({t for run_tags in runs.values() for t in run_tags})
     shown = [t for t in tags if re.search(_TAG_FILTER.value, t, re.IGNORECASE)]  # as the page does
     if not shown:
@@ -298,7 +237,7 @@ def main(argv):
       query["tagFilter"] = _TAG_FILTER.value
     _screenshot(chromium, server.url, query, runs_per_tag, out)
   finally:
-    server.stop()
+    server.close()
   print(f"{out}: TensorBoard's scalars of {logdir} ({os.path.getsize(out) // 1024} KB)")
 
 

@@ -1,100 +1,30 @@
 """The real TensorBoard server on a log directory, read over the HTTP API its dashboards use.
 
-`TensorBoard(logdir)` starts the installed `tensorboard` (the console script next to
-sys.executable) on 127.0.0.1 and a port the OS picks, loading every event file once before it
-answers (`--reload_interval=0 --reload_task=blocking`), so its first answer is complete: no
-sleeps, no reload race. `check_workdir` asserts that what it serves for one workdir is what the
+`TensorBoard(logdir)` is tfsys.monitor.tensorboard_server's server (the installed
+`tensorboard` on 127.0.0.1, every event file loaded before its first answer). `check_workdir` asserts that what it serves for one workdir is what the
 run wrote: every scalar equal to the event files' value, the final figures equal to
 results.json, the last samples in the text dashboard.
 """
 import glob
-import gzip
 import html
 import json
 import math
 import os
 import re
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import tensorflow as tf
 
-TENSORBOARD = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+from tfsys.monitor.tensorboard_server import TensorBoardServer
 
 
-class TensorBoard:
-  """One `tensorboard --logdir` process; get() returns an endpoint's JSON (or text)."""
-
-  def __init__(self, logdir: str, timeout: float = 240.0):
-    self._log = tempfile.NamedTemporaryFile("w+", prefix="tensorboard", suffix=".log")  # noqa: SIM115
-    self.proc = subprocess.Popen(
-        [TENSORBOARD, f"--logdir={logdir}", "--host=127.0.0.1", "--port=0", "--load_fast=false",
-         "--reload_interval=0", "--reload_task=blocking"],
-        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-    self.url = None
-    deadline = time.monotonic() + timeout
-    try:
-      while self.url is None:   # "TensorBoard 2.21.0 at http://127.0.0.1:PORT/ (Press CTRL+C ...)"
-        found = re.search(r"at (http://127\.0\.0\.1:\d+)/", self.output())
-        if found:
-          self.url = found.group(1)
-          break
-        assert self.proc.poll() is None, f"tensorboard exited:\n{self.output()[-3000:]}"
-        assert time.monotonic() < deadline, f"tensorboard not up in {timeout:.0f} s"
-        time.sleep(0.2)
-      while True:  # bound before it serves: the first requests may wait in the listen queue
-        try:
-          self.get("/data/runs")
-          break
-        except (urllib.error.URLError, ConnectionError):
-          assert time.monotonic() < deadline, f"tensorboard does not answer:\n{self.output()[-3000:]}"
-          time.sleep(0.2)
-    except BaseException:
-      self.close()
-      raise
-
-  def output(self) -> str:
-    with open(self._log.name, encoding="utf-8", errors="replace") as f:
-      return f.read()
-
-  def get(self, path: str, **params):
-    url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    with urllib.request.urlopen(url, timeout=120) as r:
-      body = r.read()
-      if r.headers.get("Content-Encoding") == "gzip":   # the profile plugin gzips regardless
-        body = gzip.decompress(body)
-    body = body.decode("utf-8")
-    try:
-      return json.loads(body)
-    except json.JSONDecodeError:
-      return body
+class TensorBoard(TensorBoardServer):
+  """The server, with the scalar series as the Scalars dashboard receives them."""
 
   def scalars(self, run: str, tag: str) -> tuple[list, list]:
     """(steps, values) of one scalar series as the Scalars dashboard receives it."""
     rows = self.get("/data/plugin/scalars/scalars", run=run, tag=tag)
     return [int(step) for _, step, _ in rows], [value for _, _, value in rows]
-
-  def close(self) -> None:
-    if self.proc.poll() is None:
-      self.proc.terminate()
-      try:
-        self.proc.wait(timeout=20)
-      except subprocess.TimeoutExpired:
-        self.proc.kill()
-        self.proc.wait()
-    self._log.close()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
 
 
 def event_scalars(run_dir: str) -> dict:
