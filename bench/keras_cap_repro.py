@@ -20,9 +20,11 @@ timed CondVar wait). The last line is one JSON object.
 """
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,48 +44,27 @@ CAP_SECS = 0.2048
 PERIOD_MIN_S = 0.010   # tf.data Model::kOptimizationPeriodMinMs
 
 
-def build(keras, vocab=10_000, dim=200, units=200, layers_n=2, b=20, t=35):
-  init = keras.initializers.RandomUniform(-0.05, 0.05)
-  layers = [keras.Input((t,), batch_size=b, dtype="int32"),
-            keras.layers.Embedding(vocab, dim, embeddings_initializer=init),
-            keras.layers.Dropout(0.5)]
-  for _ in range(layers_n):
-    layers += [keras.layers.LSTM(units, return_sequences=True, kernel_initializer=init,
-                                 recurrent_initializer=init), keras.layers.Dropout(0.5)]
-  layers.append(keras.layers.Dense(vocab, kernel_initializer=init))
-  model = keras.Sequential(layers)
-  model.compile(keras.optimizers.SGD(1.0, global_clipnorm=5.0),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  return model
+def step_clock():
+  """bench.keras_lm's StepClock, which can also run --dump_after_end after on_train_end."""
+  from bench.keras_lm import StepClock
 
-
-def step_clock(keras):
-  """A callback that stamps every on_train_batch_begin and on_train_end. It overrides no
-  *_batch_end method: one that did would switch off Keras 3's asynchronous batch-end callbacks."""
-
-  class StepClock(keras.callbacks.Callback):
-    def __init__(self):
-      super().__init__()
-      self.stamps, self.timer = [], None
-
-    def on_train_batch_begin(self, batch, logs=None):
-      self.stamps.append(time.perf_counter())
+  class DumpingClock(StepClock):
+    timer = None
 
     def on_train_end(self, logs=None):
-      self.stamps.append(time.perf_counter())
+      super().on_train_end(logs)
       if _DUMP_AFTER_END.value:
         import subprocess
         import threading
         self.timer = threading.Timer(1.0, lambda: subprocess.run(
             _DUMP_AFTER_END.value.format(pid=os.getpid()), shell=True))
         self.timer.start()
-  return StepClock()
+  return DumpingClock()
 
 
 def main(argv):
   del argv
   import tensorflow as tf
-  import keras
   b, t, vocab = 20, 35, 10_000
   rng = np.random.default_rng(0)
   ids = rng.integers(0, vocab, size=(b * t * 400 + 1,), dtype=np.int32)
@@ -117,11 +98,13 @@ def main(argv):
                        **kw)
     return model.fit(dataset(), steps_per_epoch=steps, **kw)
 
-  model = build(keras)
+  from bench.keras_lm import keras_model
+  from configs import ptb_word_lstm
+  model = keras_model(ptb_word_lstm.get_config(), 10_000)
   fit(model, _WARM.value)
   runs = []
   for r in range(_REPEATS.value):
-    clock = step_clock(keras)
+    clock = step_clock()
     start = time.perf_counter()
     fit(model, _STEPS.value, clock)
     wall = time.perf_counter() - start

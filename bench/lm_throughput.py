@@ -34,11 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.common import background_busy  # noqa: E402
+from bench.keras_lm import StepClock, keras_model  # noqa: E402
 from configs import ptb_word_lstm  # noqa: E402
 from tfsys.data import ArrayStream, PennTreebank, load_vocabulary  # noqa: E402
 from tfsys.train import loop, run as run_lib, train_and_evaluate  # noqa: E402
@@ -169,39 +169,6 @@ def ours(config, steps: int) -> tuple[float, list, float]:
   return words_per_sec, np.diff(steps_done).tolist(), returned - stamps[-1]
 
 
-class _StepClock(keras.callbacks.Callback):
-  """Times every step from one on_train_batch_begin to the next. It overrides no *_batch_end
-  method: one that did would turn off Keras 3's asynchronous batch-end callbacks and change what
-  is measured."""
-
-  def __init__(self):
-    super().__init__()
-    self.stamps = []
-
-  def on_train_batch_begin(self, batch, logs=None):
-    self.stamps.append(time.perf_counter())
-
-  def on_train_end(self, logs=None):
-    self.stamps.append(time.perf_counter())
-
-
-def keras_model(config, vocab_size: int):
-  m, t = config.model, config.train
-  init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
-  layers = [keras.Input((t.unroll,), batch_size=t.batch_size, dtype="int32"),
-            keras.layers.Embedding(vocab_size, m.word_dim, embeddings_initializer=init),
-            keras.layers.Dropout(m.embedding_dropout)]
-  for _ in range(m.num_layers):
-    layers += [keras.layers.LSTM(m.lstm_units, return_sequences=True, kernel_initializer=init,
-                                 recurrent_initializer=init), keras.layers.Dropout(m.dropout)]
-  layers.append(keras.layers.Dense(vocab_size, kernel_initializer=init))
-  model = keras.Sequential(layers)
-  model.compile(keras.optimizers.SGD(config.optim.learning_rate,
-                                     global_clipnorm=config.optim.clip_norm),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  return model
-
-
 def keras_fit(config, steps: int, feed: str) -> tuple[float, float, list, float]:
   """Words/s over the steps and over the whole fit() call, per-step seconds, and the seconds
   fit() took to return after on_train_end."""
@@ -210,7 +177,7 @@ def keras_fit(config, steps: int, feed: str) -> tuple[float, float, list, float]
   vocab = load_vocabulary(config.data, corpus)
   stream = ArrayStream(corpus.token_ids("train", vocab), t.batch_size, t.unroll, vocab.eos_id)
   model = keras_model(config, len(vocab))
-  clock = _StepClock()
+  clock = StepClock()
   if feed == "arrays":
     # Our windows 0..N-1 as rows of [N * batch, unroll] arrays: with shuffle=False, batch s of
     # fit() is exactly our window s, so both contenders read the same words.
