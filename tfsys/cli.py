@@ -1,7 +1,12 @@
-"""What every script shares: quiet TensorFlow start-up and one-line errors for user mistakes."""
+"""What every script shares: quiet TensorFlow start-up, and every failure as one line with an
+exit status that says what kind it is (tfsys/errors.py). Tracebacks go to a log file, or to the
+console with --verbose."""
+import datetime
 import logging as std_logging
 import os
 import sys
+import tempfile
+import traceback
 
 # Before TensorFlow is imported: hide its C++ start-up chatter where it can be hidden. (The
 # "Could not find cuda drivers" lines on CPU machines are printed before TensorFlow reads this.)
@@ -9,12 +14,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from tfsys.errors import UserError  # noqa: E402
+from tfsys.errors import EXIT_BUG, EXIT_INTERRUPTED, UserError  # noqa: E402
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an unexpected error "
+                             "(otherwise it goes to a log file named in the error line)")
 
 
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+def _fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _crash_log() -> str:
+  """Writes the current exception's traceback to WORKDIR/logs (or the temp directory);
+  returns the file's path, or '' if it could not be written."""
+  workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  name = f"crash-{os.path.basename(sys.argv[0]).removesuffix('.py')}-{stamp}-{os.getpid()}.log"
+  for folder in ([os.path.join(workdir, "logs")] if workdir else []) + [tempfile.gettempdir()]:
+    try:
+      os.makedirs(folder, exist_ok=True)
+      path = os.path.join(folder, name)
+      with open(path, "w", encoding="utf-8") as f:
+        f.write(" ".join(sys.argv) + "\n\n" + traceback.format_exc())
+      return path
+    except OSError:
+      continue
+  return ""
+
+
+def _first_line(e: BaseException) -> str:
+  """An exception's message without TensorFlow's appended op context and stack."""
+  text = (getattr(e, "message", None) or str(e)).strip()
+  for marker in ("\n", " [Op:", "\tCompiled", " [[{{"):
+    text = text.split(marker)[0]
+  return text[:400]
 
 
 def _parse_flags(argv):
@@ -53,7 +87,17 @@ def run(main):
     try:
       return main(argv)
     except UserError as e:
-      _fail(str(e))
+      if _VERBOSE.value:
+        traceback.print_exc()
+      _fail(str(e), e.exit_status)
     except KeyboardInterrupt:
-      sys.exit(130)
+      sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # noqa: BLE001  a bug: one line here, the traceback in a file
+      if _VERBOSE.value:
+        traceback.print_exc()
+        _fail(f"{type(e).__name__}: {_first_line(e)}", EXIT_BUG)
+      log = _crash_log()
+      _fail(f"{type(e).__name__}: {_first_line(e)} "
+            + (f"(traceback in {log}; --verbose prints it)" if log else "(--verbose for the traceback)"),
+            EXIT_BUG)
   app.run(wrapped, flags_parser=_parse_flags)

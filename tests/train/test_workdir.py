@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 import os
 
 import pytest
@@ -38,3 +40,86 @@ def test_unwritable_workdir(tmp_path):
     ro.mkdir(mode=0o500)
     with pytest.raises(UserError, match="not writable"):
       workdir.prepare(ptb_char_cnn_lstm.get_config("smoke"), str(ro))
+
+
+# ---------------------------------------------------------------- one run per workdir
+from tfsys.errors import WorkdirBusyError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _holder(path, **fields):
+  me = workdir.WorkdirLock(str(path)).me
+  path.joinpath(workdir.LOCK_FILE).write_text(json.dumps({**me, **fields}))
+
+
+def test_a_live_holder_on_another_host_is_refused_until_its_heartbeat_is_stale(tmp_path):
+  _holder(tmp_path, host="other-host", pid=4242, boot_id="x", command="train.py --workdir=w")
+  lock_file = str(tmp_path / workdir.LOCK_FILE)
+  now = __import__("time").time()
+  os.utime(lock_file, (now - 5, now - 5))              # a heartbeat 5 s ago: alive
+  with pytest.raises(WorkdirBusyError, match=r"pid 4242 on other-host.*train.py --workdir=w"
+                                             r".*heartbeat is 5 s old"):
+    workdir.WorkdirLock(str(tmp_path), stale_secs=60).acquire()
+  os.utime(lock_file, (now - 61, now - 61))            # none for 61 s: its host died
+  lock = workdir.WorkdirLock(str(tmp_path), stale_secs=60).acquire()
+  assert json.loads(open(lock_file).read())["pid"] == os.getpid()
+  lock.release()
+  assert not os.path.exists(lock_file)
+
+
+def test_a_dead_or_reused_pid_on_this_host_is_a_stale_hold(tmp_path):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  _holder(tmp_path, pid=int(dead.stdout), process_start="")   # a process that has exited
+  workdir.WorkdirLock(str(tmp_path)).acquire().release()
+  # A live pid whose kernel start time differs: the holder died and the pid was reused.
+  _holder(tmp_path, pid=os.getppid(), process_start="1")
+  workdir.WorkdirLock(str(tmp_path)).acquire().release()
+  _holder(tmp_path, pid=os.getppid(),                  # alive, the same process: held
+          process_start=workdir._process_start(os.getppid()))  # pylint: disable=protected-access
+  with pytest.raises(WorkdirBusyError, match=f"pid {os.getppid()} on "):
+    workdir.WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
+  (tmp_path / "checkpoints" / "ckpt-120_temp").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "ckpt-120_temp" / "part-00000-of-00001").write_text("x")
+  (tmp_path / "checkpoints" / "ckpt-100.index").write_text("kept")
+  (tmp_path / "config.json.tmp").write_text("{")
+  (tmp_path / "config.json").write_text("{}")
+  removed = workdir.remove_leftovers(str(tmp_path))
+  assert removed == ["checkpoints/ckpt-120_temp", "config.json.tmp"]
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json"]
+  assert os.listdir(tmp_path / "checkpoints") == ["ckpt-100.index"]
+
+
+def test_a_second_trainer_is_refused_and_a_killed_holder_does_not_lock_forever(tmp_path):
+  """Real processes: a holder (the lock alone, as a trainer takes it), a trainer refused with
+  one line naming it, then kill -9 of the holder and a trainer that takes over and finishes."""
+  run = tmp_path / "run"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from tfsys.train import workdir; "
+       f"workdir.hold({str(run)!r}); print('held', flush=True); sys.stdin.read()"],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "ckpt-7_temp").mkdir()    # as a save killed midway leaves it
+    args = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+            f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke", f"--workdir={run}",
+            "--config.train.num_steps=4", "--config.eval.every_steps=4"]
+    refused = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert refused.returncode == WorkdirBusyError.exit_status, refused.stderr[-2000:]
+    line = [l for l in refused.stderr.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and f"pid {holder.pid} on " in line[0] and "workdir.hold" in line[0]
+    assert "Traceback" not in refused.stderr
+    assert (run / "checkpoints" / "ckpt-7_temp").is_dir()   # the holder's: left alone
+  finally:
+    holder.kill()
+    holder.wait()
+  took_over = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert took_over.returncode == 0, took_over.stderr[-3000:]
+  assert "from a trainer that died (its process is gone)" in took_over.stderr
+  assert not (run / "checkpoints" / "ckpt-7_temp").exists()
+  assert not (run / workdir.LOCK_FILE).exists()             # released at the end

@@ -3,7 +3,6 @@
 A driver (the all-reduce loop in loop.py, the parameter-server chief and workers in ps_loop.py)
 makes one `Run` and calls its pieces; none of them knows which model it trains.
 """
-import json
 import math
 import os
 import time
@@ -31,6 +30,7 @@ class DivergedError(UserError):
   The last good checkpoint is left in place: a checkpoint is written only after the step's
   loss passed this check.
   """
+  exit_status = 5
 
 
 class NonFiniteLossError(DivergedError):
@@ -70,6 +70,8 @@ class Run:
     self.config, self.workdir, self.backend = config, workdir, backend
     self.is_chief = backend.is_chief
     strategy = backend.strategy
+    # One trainer per workdir: the chief holds it before it writes anything there.
+    self.lock = workdir_lib.hold(workdir) if self.is_chief else None
     self.resuming = workdir_lib.prepare(config, workdir, write=self.is_chief)
     tf.random.set_seed(config.seed)
     self.replicas = replicas
@@ -236,10 +238,8 @@ class Run:
                     if k not in ("loss", "perplexity", "num_tokens")})
     self.checkpointer.close()
     if self.is_chief:
-      tmp = os.path.join(self.workdir, RESULTS_FILE + ".tmp")
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-      os.replace(tmp, os.path.join(self.workdir, RESULTS_FILE))
+      workdir_lib.write_json_atomically(os.path.join(self.workdir, RESULTS_FILE), results, indent=2)
+      self.lock.release()
     logging.info("step %d: test perplexity %.2f (%d tokens)%s", step, test["perplexity"],
                  test["num_tokens"], _extras(test))
     return results
