@@ -4,6 +4,7 @@ console with --verbose."""
 import datetime
 import logging as std_logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -14,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from tfsys.errors import EXIT_BUG, EXIT_INTERRUPTED, UserError  # noqa: E402
+from tfsys.errors import (EXIT_BUG, EXIT_INTERRUPTED, StorageError, UserError,  # noqa: E402
+                          storage_errno, storage_error)
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an unexpected error "
                              "(otherwise it goes to a log file named in the error line)")
@@ -41,6 +43,12 @@ def _crash_log() -> str:
     except OSError:
       continue
   return ""
+
+
+def _path_in(message: str) -> str | None:
+  """The file a TensorFlow write error names: '... {{function_node ...}} PATH; No space ...'."""
+  found = re.search(r"(?:^|[}\s])(/[^;\s]+); ", message)
+  return found.group(1) if found else None
 
 
 def _first_line(e: BaseException) -> str:
@@ -93,6 +101,12 @@ def run(main):
     except KeyboardInterrupt:
       sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001  a bug: one line here, the traceback in a file
+      if storage_errno(e) is not None:   # a write without space or permission, where none expected it
+        if _VERBOSE.value:
+          traceback.print_exc()
+        path = getattr(e, "filename", None) or _path_in(str(e))
+        _fail(str(storage_error(path, e)) if path else f"a write failed: {_first_line(e)}",
+              StorageError.exit_status)
       if _VERBOSE.value:
         traceback.print_exc()
         _fail(f"{type(e).__name__}: {_first_line(e)}", EXIT_BUG)

@@ -15,6 +15,10 @@ the top level (`tfsys.cli.run`) and exit with `exit_status`, without a traceback
   130     Ctrl-C              saved at the step under way                      resumes exactly
 """
 
+import errno
+import os
+import shutil
+
 EXIT_BUG = 1
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL (sysexits.h): "try again later"
 EXIT_INTERRUPTED = 130
@@ -44,3 +48,39 @@ class WorkdirBusyError(UserError):
 class PreemptedError(UserError):
   """SIGTERM: the run saved the step under way and stopped; the same command resumes there."""
   exit_status = EXIT_PREEMPTED
+
+
+# How TensorFlow's file system layer words the OS errors of a failed write (its OpErrors carry
+# the strerror text, not the errno).
+_TF_STORAGE_MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                        "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
+
+
+def storage_errno(e: BaseException) -> int | None:
+  """The errno of a failed write for lack of space or permission (an OSError, or TensorFlow's
+  error for one), else None."""
+  if isinstance(e, OSError):
+    return e.errno if e.errno in _STORAGE_REASONS else None
+  text = str(e)
+  return next((n for m, n in _TF_STORAGE_MESSAGES.items() if m in text), None)
+
+
+_STORAGE_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                    errno.EPERM: "permission denied"}
+
+
+def storage_error(path: str, e: BaseException, needed_bytes: int = 0, intact: str = "") -> Exception:
+  """The one line for a failed write: which path, why, how much it needed and what is intact.
+  Errors that are not about space or permission are returned unchanged (they are bugs)."""
+  code = storage_errno(e)
+  if code is None:
+    return e
+  need = f"; it needed about {needed_bytes / 2**20:.1f} MB" if needed_bytes else ""
+  try:
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
+    have = f", {free / 2**20:.1f} MB free there"
+  except OSError:
+    have = ""
+  return StorageError(f"cannot write {path}: {_STORAGE_REASONS[code]}{need}{have}"
+                      + (f". {intact}" if intact else ""))

@@ -6,13 +6,14 @@ A crash mid-write therefore leaves the index pointing at the previous, complete 
 If a listed checkpoint still cannot be read (a truncated file, a disk fault), `restore_latest`
 says so and falls back to the next older one instead of failing the run.
 """
+import glob
 import os
 import shutil
 
 import tensorflow as tf
 from absl import logging
 
-from tfsys.errors import UserError
+from tfsys.errors import UserError, storage_error
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -25,6 +26,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, is_chief: bool = True, task_name: str = "", **objects):
     self.directory = os.path.join(workdir, CHECKPOINT_DIR)
     self.checkpoint = tf.train.Checkpoint(**objects)
+    self._objects = objects
     self._write_dir = self.directory if is_chief else os.path.join(workdir, f"tmp_{task_name}")
     self.manager = tf.train.CheckpointManager(self.checkpoint, self._write_dir, max_to_keep=keep)
 
@@ -35,6 +37,36 @@ class Checkpointer:
 
   def save(self, step: int) -> str:
     return self.manager.save(checkpoint_number=step)
+
+  def _variables(self) -> list:
+    out = []
+    for obj in self._objects.values():
+      if isinstance(obj, tf.Variable):
+        out.append(obj)
+      elif isinstance(obj, (list, tuple)):
+        out.extend(v for v in obj if isinstance(v, tf.Variable))
+      else:
+        out.extend(v for v in getattr(obj, "variables", []) if isinstance(v, tf.Variable))
+    return out
+
+  def save_error(self, step: int, e: Exception) -> Exception:
+    """A failed save as one line: where, why, how much it needed, what is intact. The partial
+    ckpt-N_temp/ is removed (freeing what it took). Errors other than space or permission are
+    returned unchanged."""
+    shutil.rmtree(os.path.join(self._write_dir, f"ckpt-{step}_temp"), ignore_errors=True)
+    latest = self.latest
+    if latest != os.path.join(self.directory, f"ckpt-{step}"):
+      # Written, but the index that lists it was not: nothing will read it; free its space.
+      for path in glob.glob(os.path.join(self._write_dir, f"ckpt-{step}.*")):
+        os.remove(path)
+    if latest:
+      needed = sum(os.path.getsize(p) for p in glob.glob(latest + ".*"))
+    else:
+      needed = sum(v.shape.num_elements() * v.dtype.size for v in self._variables())
+    intact = (f"The last checkpoint, {os.path.basename(latest)}, is intact: free space and run "
+              "the same command to resume from it" if latest else "No checkpoint was written yet")
+    return storage_error(os.path.join(self._write_dir, f"ckpt-{step}"), e,
+                                     needed, intact)
 
   def close(self) -> None:
     if self._write_dir != self.directory:

@@ -143,7 +143,10 @@ class Run:
           f"checkpoint ({self.checkpointer.latest or 'none'}) is kept")
     if state_rows is not None:
       tf.nest.map_structure(lambda v, s: v.assign(s), self.carried, state_rows)
-    path = self.checkpointer.save(step)
+    try:
+      path = self.checkpointer.save(step)
+    except (tf.errors.OpError, OSError) as e:
+      raise self.checkpointer.save_error(step, e) from None
     self.saved_step = step
     logging.info("saved %s", path)
 

@@ -2,7 +2,6 @@
 incompatible resume, and is cleared of what an interrupted write left behind."""
 import atexit
 import datetime
-import errno
 import fcntl
 import glob
 import json
@@ -18,7 +17,7 @@ import time
 import ml_collections
 from absl import logging
 
-from tfsys.errors import StorageError, UserError, WorkdirBusyError
+from tfsys.errors import StorageError, UserError, WorkdirBusyError, storage_errno, storage_error
 
 CONFIG_FILE = "config.json"
 # What a checkpoint's variables, optimizer slots and data position depend on. Anything else
@@ -62,8 +61,7 @@ def _check_writable(workdir: str) -> None:
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
       pass
   except OSError as e:
-    error = storage_error(workdir, e)
-    if isinstance(error, StorageError):
+    if storage_errno(e) is not None:
       raise StorageError(f"workdir {workdir} is not writable: {e.strerror}") from None
     raise UserError(f"workdir {workdir} is not writable: {e.strerror}") from None
 
@@ -108,24 +106,6 @@ def write_json_atomically(path: str, obj, **dump_args) -> None:
     except OSError:
       pass
     raise storage_error(path, e) from None
-
-
-def storage_error(path: str, e: OSError, needed_bytes: int = 0, intact: str = "") -> Exception:
-  """The one line for a failed write: which path, why, how much it needed and what is intact.
-  Errors that are not about space or permission are returned unchanged (they are bugs)."""
-  reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
-             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-             errno.EPERM: "permission denied"}
-  if e.errno not in reasons:
-    return e
-  need = f"; it needed about {needed_bytes / 2**20:.1f} MB" if needed_bytes else ""
-  try:
-    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
-    have = f", {free / 2**20:.1f} MB free there"
-  except OSError:
-    have = ""
-  return StorageError(f"cannot write {path}: {reasons[e.errno]}{need}{have}"
-                      + (f". {intact}" if intact else ""))
 
 
 # ==================================================================== leftovers
