@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.distribute.log_workers_every = 100  # sync_backup: log which workers a step used
   config.distribute.wait_log_secs = 10.0  # sync_backup: say whom the chief waits for this often
   config.distribute.chief_timeout_secs = 30.0  # ps workers: exit once the chief is gone this long
+  config.distribute.ps_timeout_secs = 30.0  # ps backends: a ps task unreachable this long is lost
+  config.distribute.collective_timeout_secs = 60.0  # multi_worker: a collective waiting this long
+  #                                                   for a peer ends the run, naming the loss
   # Straggler injection (tests, benchmarks): every ps worker's step of compute takes at least
   # compute_ms (simulated compute: it sleeps what its real computation left of it); the chosen
   # workers also sleep, with `probability` per step, scale_ms * (1 + Pareto(shape)) more

@@ -5,11 +5,13 @@ embedding table (the LSTM-N-M baselines of Table 1). Then a stack of LSTMs with 
 dropout on the non-recurrent connections (Zaremba et al. 2014), and a softmax over the
 vocabulary: sampled (§3.1, `num_samples` negatives from the log-uniform Zipfian sampler, which
 assumes ids sorted by frequency as `tfsys.data.Vocabulary` makes them) for training, full for
-evaluation and generation.
+evaluation and generation. The dropout masks and the negatives are functions of (seed, step,
+replica) (models/layers/stateless.py), so a run resumed from a checkpoint trains exactly as
+one that was never stopped.
 
 The interface the training loop calls (DESIGN.md §2):
   initial_state(batch_size)                   -> state (a tuple of (c, h) per layer)
-  loss(batch, state, training, step)          -> (mean loss, metrics, new state)
+  loss(batch, state, training, step, replica) -> (mean loss, metrics, new state)
   scalars(metric sums, step)                  -> extra train/ scalars (none: loss says it all)
   logits(inputs, state)                       -> (logits [B, T, V], new state), full softmax
   variable_shapes(config, vocab_size)         -> {name: shape}, without allocating anything
@@ -17,6 +19,7 @@ The interface the training loop calls (DESIGN.md §2):
 import numpy as np
 import tensorflow as tf
 
+from models.layers import stateless
 from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
 from tfsys.data import chars
@@ -47,6 +50,11 @@ def variable_shapes(config, vocab_size: int) -> dict:
   return shapes
 
 
+# Random sites (models/layers/stateless.py): dropout before LSTM layer k is site k, after the
+# top layer site num_layers; the sampled softmax's negatives the last site.
+SAMPLED_SOFTMAX_SITE = stateless.NUM_SITES - 1
+
+
 def num_parameters(config, vocab_size: int) -> int:
   return sum(int(np.prod(s)) for s in variable_shapes(config, vocab_size).values())
 
@@ -58,7 +66,10 @@ class LanguageModel(tf.Module):
 
   def __init__(self, config, vocab_words, seed: int = 0, name: str = "lstm_lm"):
     super().__init__(name=name)
+    if config.num_layers >= SAMPLED_SOFTMAX_SITE:
+      raise ValueError(f"at most {SAMPLED_SOFTMAX_SITE - 1} layers, got {config.num_layers}")
     self.config = config
+    self.seed = seed   # with the step and the replica, the seed of every training-time draw
     self.vocab_size = len(vocab_words)
     self.state_dim = config.projection or config.lstm_units
     self.params = {}
@@ -99,9 +110,15 @@ class LanguageModel(tf.Module):
     zeros_h = tf.zeros([batch_size, self.state_dim])
     return tuple((zeros_c, zeros_h) for _ in range(self.config.num_layers))
 
-  def hidden(self, x, state, training: bool):
-    """Embedded inputs [B, T, D] -> top LSTM outputs [B, T, P] and the new state."""
+  def hidden(self, x, state, training: bool, seed=None):
+    """Embedded inputs [B, T, D] -> top LSTM outputs [B, T, P] and the new state.
+
+    seed: the step's seed (stateless.step_seed), for the dropout masks in training; by default
+    step 0's on this replica.
+    """
     c = self.config
+    if training and seed is None:
+      seed = stateless.step_seed(self.seed, 0)
     rate = c.dropout if training else 0.0
     # Workdirs written before these keys existed trained with their defaults.
     forget_bias = c.get("forget_bias", FORGET_BIAS)
@@ -111,13 +128,13 @@ class LanguageModel(tf.Module):
       # word embeddings too. `embedding_dropout` chooses.
       layer_rate = (c.embedding_dropout if training else 0.0) if layer == 0 else rate
       if layer_rate:
-        x = tf.nn.dropout(x, layer_rate)
+        x = stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer))
       params = {k: self.params[f"lstm{layer}_{k}"] for k in ("w_x", "w_h", "b", "w_p")
                 if f"lstm{layer}_{k}" in self.params}
       x, s = lstmp_layer(x, state[layer], params, c.cell_clip, forget_bias)
       new_state.append(s)
     if rate:
-      x = tf.nn.dropout(x, rate)
+      x = stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers))
     return x, tuple(new_state)
 
   # ---- outputs -----------------------------------------------------------------------------
@@ -126,24 +143,33 @@ class LanguageModel(tf.Module):
     h, state = self.hidden(self.embed_ids(inputs), state, training=False)
     return tf.einsum("btp,vp->btv", h, self.params["softmax_w"]) + self.params["softmax_b"], state
 
-  def loss(self, batch, state, training: bool, step=0):
+  def loss(self, batch, state, training: bool, step=0, replica=None):
     """Mean per-token loss over the batch's weighted tokens.
 
     Training with num_samples > 0 uses the sampled softmax (its loss is then an estimate, not
     the NLL); evaluation always uses the full softmax. metrics['nll_sum'] and
     metrics['num_tokens'] let callers aggregate exact perplexities across batches and replicas.
+
+    In training the dropout masks and the sampled negatives are a function of (self.seed, step,
+    replica): step is the global step (an int, a scalar tensor or the step variable), replica
+    this replica's index (default: its id in the tf.distribute replica context, else 0; a
+    parameter-server worker passes its task index).
     """
-    h, state = self.hidden(self.embed_ids(batch["inputs"]), state, training)
+    seed = stateless.step_seed(self.seed, step, replica) if training else None
+    h, state = self.hidden(self.embed_ids(batch["inputs"]), state, training, seed)
     p = tf.shape(h)[-1]
     flat_h = tf.reshape(h, [-1, p])
     targets = tf.reshape(batch["targets"], [-1])
     weights = tf.reshape(batch["weights"], [-1])
     n = self.config.num_samples
     if training and 0 < n < self.vocab_size:
+      labels = tf.cast(targets[:, None], tf.int64)
       token_loss = tf.nn.sampled_softmax_loss(
           weights=self.params["softmax_w"], biases=self.params["softmax_b"],
-          labels=tf.cast(targets[:, None], tf.int64), inputs=flat_h, num_sampled=n,
-          num_classes=self.vocab_size, remove_accidental_hits=True)
+          labels=labels, inputs=flat_h, num_sampled=n, num_classes=self.vocab_size,
+          sampled_values=stateless.log_uniform_candidates(
+              labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)),
+          remove_accidental_hits=True)
     else:
       logits = tf.matmul(flat_h, self.params["softmax_w"], transpose_b=True) + self.params["softmax_b"]
       token_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)

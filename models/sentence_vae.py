@@ -18,8 +18,12 @@ tricks and two later ones, all configuration:
     counts as at least `free_bits` nats in the training loss, so the optimiser gains nothing by
     pushing it below that.
 
+Training's random draws (z, word dropout, dropout masks) are functions of (seed, step, replica)
+(models/layers/stateless.py), so a run resumed from a checkpoint trains exactly as one that was
+never stopped.
+
 Interface the training loop calls (as models/lstm_lm.py; DESIGN.md §2): initial_state(batch)
-(nothing is carried between batches: ()), loss(batch, state, training, step) and
+(nothing is carried between batches: ()), loss(batch, state, training, step, replica) and
 scalars(metric sums). Evaluation, decoding and the tools use encode, evaluate_batch, decode.
 """
 import math
@@ -28,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from models.layers import stateless
 from models.layers.lstm import lstmp_cell, lstmp_layer, lstmp_shapes
 from tfsys.errors import UserError
 
@@ -37,6 +42,10 @@ KL_SCHEDULES = ("logistic", "linear", "cyclical", "constant")
 # The logistic schedule is sigmoid(k (step - anneal_steps / 2)) with k chosen so that it is
 # sigmoid(-6) ≈ 0.0025 at step 0 and sigmoid(6) ≈ 0.9975 at anneal_steps (Bowman Fig. 2's shape).
 LOGISTIC_SPAN = 12.0
+# Random sites (models/layers/stateless.py): dropout before decoder layer k is site k, after the
+# top layer site num_layers; word dropout and the posterior sample z the last two.
+WORD_DROPOUT_SITE = stateless.NUM_SITES - 2
+POSTERIOR_SITE = stateless.NUM_SITES - 1
 
 
 def kl_weight(config, step):
@@ -113,7 +122,10 @@ class SentenceVAE(tf.Module):
   def __init__(self, config, vocab_words, seed: int = 0, name: str = "sentence_vae"):
     super().__init__(name=name)
     check(config)
+    if config.num_layers >= WORD_DROPOUT_SITE:
+      raise ValueError(f"at most {WORD_DROPOUT_SITE - 1} layers, got {config.num_layers}")
     self.config = config
+    self.seed = seed   # with the step and the replica, the seed of every training-time draw
     words = list(vocab_words)
     self.vocab_size = len(words)
     self.latent_dim = config.latent_dim
@@ -174,47 +186,71 @@ class SentenceVAE(tf.Module):
       x = tf.concat([x, zt], axis=-1)
     return x
 
-  def decode_hidden(self, inputs, state, z, training: bool):
-    """Decoder outputs [B, T, H] for input ids [B, T] from `state`, and the final state."""
+  def _step_seed(self, seed):
+    return stateless.step_seed(self.seed, 0) if seed is None else seed
+
+  def decode_hidden(self, inputs, state, z, training: bool, seed=None):
+    """Decoder outputs [B, T, H] for input ids [B, T] from `state`, and the final state.
+
+    seed: the step's seed (stateless.step_seed) for the dropout masks in training; by default
+    step 0's on this replica."""
+    layers = self.config.num_layers
     rate = self.config.dropout if training else 0.0
+    if rate:
+      seed = self._step_seed(seed)
     x = self._decoder_inputs(inputs, z)
     new_state = []
-    for layer in range(self.config.num_layers):
+    for layer in range(layers):
       if rate:
-        x = tf.nn.dropout(x, rate)
+        x = stateless.dropout(x, rate, stateless.site_seed(seed, layer))
       x, s = lstmp_layer(x, state[layer], self._lstm("dec", layer))
       new_state.append(s)
     if rate:
-      x = tf.nn.dropout(x, rate)
+      x = stateless.dropout(x, rate, stateless.site_seed(seed, layers))
     return x, tuple(new_state)
 
   def logits(self, h):
     return tf.einsum("bth,vh->btv", h, self.params["softmax_w"]) + self.params["softmax_b"]
 
-  def reconstruction_nll(self, batch, z, training: bool = False):
-    """-log p(x|z) per sentence [B]: the targets' NLL summed over each sentence's positions."""
+  def reconstruction_nll(self, batch, z, training: bool = False, seed=None):
+    """-log p(x|z) per sentence [B]: the targets' NLL summed over each sentence's positions.
+
+    seed: the step's seed (stateless.step_seed) for word dropout and dropout in training."""
     inputs = batch["inputs"]
+    if training:
+      seed = self._step_seed(seed)
     if training and self.config.word_dropout:
-      drop = tf.random.uniform(tf.shape(inputs)) < self.config.word_dropout
+      u = tf.random.stateless_uniform(tf.shape(inputs),
+                                      stateless.site_seed(seed, WORD_DROPOUT_SITE))
+      drop = u < self.config.word_dropout
       drop = tf.logical_and(drop, tf.range(tf.shape(inputs)[1])[None, :] > 0)  # keep the start
       inputs = tf.where(drop, self.unk_id, inputs)
     state = self.decoder_state(z, tf.shape(inputs)[0])
-    h, _ = self.decode_hidden(inputs, state, z, training)
+    h, _ = self.decode_hidden(inputs, state, z, training, seed)
     nll = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["targets"], self.logits(h))
     return tf.reduce_sum(nll * batch["weights"], axis=1)
 
   # ---------------------------------------------------------------- training loss
-  def loss(self, batch, state, training: bool, step=0):
+  def loss(self, batch, state, training: bool, step=0, replica=None):
     """(objective per target token, metric sums, ()) for a batch of whole sentences.
 
     objective = (Σ reconstruction NLL + β Σ KL) / tokens; metrics hold exact sums, so that the
     caller can aggregate over batches and replicas: nll_sum (reconstruction), kl_sum,
     num_tokens, num_sentences.
+
+    In training z, the word dropout and the dropout masks are a function of (self.seed, step,
+    replica): step is the global step (an int, a scalar tensor or the step variable), replica
+    this replica's index (default: its id in the tf.distribute replica context, else 0; a
+    parameter-server worker passes its task index). training=False draws z the same way and
+    drops nothing.
     """
     num_sentences = tf.cast(tf.shape(batch["targets"])[0], tf.float32)
+    seed = stateless.step_seed(self.seed, step, replica)
     if self.latent_dim:
       mean, logvar = self.encode(batch["targets"], batch["lengths"])
-      z = self.posterior(mean, logvar).sample()          # reparameterised: gradients flow to μ, σ
+      # Reparameterised (Kingma & Welling 2014 §2.4): z = μ + σ ε, so gradients flow to μ, σ.
+      eps = tf.random.stateless_normal(tf.shape(mean), stateless.site_seed(seed, POSTERIOR_SITE))
+      z = mean + tf.exp(0.5 * logvar) * eps
       kl_dims = kl_to_standard_normal(mean, logvar)      # [B, D]
       kl = tf.reduce_sum(kl_dims)
       kl_term = kl
@@ -224,7 +260,7 @@ class SentenceVAE(tf.Module):
       beta = kl_weight(self.config, step) if training else 1.0
     else:
       z, kl, kl_term, beta = None, tf.constant(0.0), tf.constant(0.0), 1.0
-    rec = tf.reduce_sum(self.reconstruction_nll(batch, z, training))
+    rec = tf.reduce_sum(self.reconstruction_nll(batch, z, training, seed))
     num_tokens = tf.reduce_sum(batch["weights"])
     objective = (rec + beta * kl_term) / tf.maximum(num_tokens, 1.0)
     metrics = {"nll_sum": rec, "kl_sum": kl, "num_tokens": num_tokens,

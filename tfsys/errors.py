@@ -20,6 +20,7 @@ import os
 import shutil
 
 EXIT_BUG = 1
+EXIT_DIVERGED = 5
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL (sysexits.h): "try again later"
 EXIT_INTERRUPTED = 130
 

@@ -141,7 +141,7 @@ def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
     for job, n in (("ps", 1), ("chief", 1), ("worker", 3)):
       for i in range(n):
         tasks.start(job, i)
-    # The chief flushes its step record with every checkpoint (every 25 steps).
+    # The chief flushes its step record after every stretch of steps it runs on the ps.
     _wait(lambda: len(steps()) >= 25, 120, "25 steps")
     tasks.kill("worker1")
     killed_at = len(steps())
@@ -182,6 +182,36 @@ def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
     tasks.kill_all()
     if tasks2:
       tasks2.kill_all()
+
+
+def test_a_dead_ps_is_one_line_naming_it_in_every_task(tmp_path):
+  """ps1 of two is SIGKILLed mid-run: the chief and the worker each exit with status 3 (a lost task)
+  and one line naming ps1 and its address, without a traceback, within ps_timeout_secs."""
+  workdir = str(tmp_path / "run")
+  spec = cluster_spec(num_workers=1, num_ps=2)
+  command = [*TRAIN, f"--workdir={workdir}", "--config.distribute.backend=sync_backup",
+             "--config.distribute.replicas_to_aggregate=1", "--config.distribute.total_num_replicas=1",
+             "--config.train.num_steps=100000", "--config.distribute.shard_min_rows=100",
+             "--config.distribute.ps_timeout_secs=5"]
+  tasks = _Tasks(spec, command, str(tmp_path / "logs"))
+  steps = lambda: _records(workdir) if os.path.exists(os.path.join(workdir, "sync_steps.jsonl")) else []
+  try:
+    for job, i in (("ps", 0), ("ps", 1), ("chief", 0), ("worker", 0)):
+      tasks.start(job, i)
+    _wait(lambda: len(steps()) >= 10, 120, "10 steps")
+    tasks.kill("ps1")
+    t0 = time.monotonic()
+    for name in ("chief0", "worker0"):
+      assert tasks.procs[name].wait(timeout=60) == 3, tasks.log(name)[-3000:]
+    assert time.monotonic() - t0 < 30
+    for name in ("chief0", "worker0"):
+      log = tasks.log(name)
+      errors = [l for l in log.splitlines() if l.startswith("error:")]
+      assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
+      assert f"[{name}] parameter server ps1 ({spec['ps'][1]})" in errors[0], errors[0]
+      assert "relaunch the cluster to resume from the last checkpoint" in errors[0]
+  finally:
+    tasks.kill_all()
 
 
 def test_without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves(tmp_path):

@@ -29,8 +29,10 @@ def test_built_model_has_exactly_the_declared_variables():
   assert num_parameters(cfg, len(words)) == sum(int(np.prod(v.shape)) for v in m.trainable_variables)
 
 
-def _tiny(input_kind="char_cnn", num_samples=0, vocab=40, dropout=0.0):
+def _tiny(input_kind="char_cnn", num_samples=0, vocab=40, dropout=0.0,
+          init_scale=0.05):
   cfg = ptb_char_cnn_lstm.get_config("smoke")
+  cfg.model.init_scale = init_scale
   cfg.model.input = input_kind
   cfg.model.word_dim = 8
   cfg.model.dropout = dropout
@@ -71,10 +73,38 @@ def test_sampled_softmax_approaches_full_softmax():
     ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(4, 9)), tf.int32)
     batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([4, 8])}
     full, _, _ = m.loss(batch, m.initial_state(4), training=False)
-    sampled = np.mean([float(m.loss(batch, m.initial_state(4), training=True)[0])
-                       for _ in range(10)])
+    sampled = np.mean([float(m.loss(batch, m.initial_state(4), training=True, step=k)[0])
+                       for k in range(10)])   # the negatives are a function of the step
     errors.append(abs(sampled - float(full)) / float(full))
   assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02, errors
+
+
+@pytest.mark.parametrize("kind,num_samples,dropout", [("char_cnn", 0, 0.5),   # dropout alone
+                                                     ("word", 10, 0.0),       # negatives alone
+                                                     ("word", 10, 0.3)])
+def test_training_draws_are_a_function_of_seed_step_and_replica(kind, num_samples, dropout):
+  """What a resumed run needs: the same (seed, step, replica) gives the same loss to the bit
+  however often and in whatever order it is computed; another step or replica gives another
+  draw. Evaluation does not depend on them."""
+  # Weights large enough that a different mask moves the loss well above float32 rounding.
+  m, v = _tiny(kind, num_samples=num_samples, vocab=40, dropout=dropout, init_scale=0.5)
+  ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(3, 9)), tf.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8])}
+  loss = lambda training=True, **kw: float(m.loss(batch, m.initial_state(3), training, **kw)[0])
+  step = tf.Variable(5, dtype=tf.int64)                  # as the training loop passes it
+  traced = tf.function(lambda: m.loss(batch, m.initial_state(3), True, step=step, replica=1)[0])
+  first = loss(step=5, replica=1)
+  others = [loss(step=4, replica=1), loss(step=6, replica=1), loss(step=5, replica=0),
+            loss(step=5, replica=2)]
+  assert loss(step=5, replica=1) == first
+  # Traced (as in training) the graph's kernels may round differently, but the draw is the same.
+  assert float(traced()) == pytest.approx(first, rel=1e-6)
+  assert len({first, *others}) == 5, (first, others)
+  assert loss(step=5) == loss(step=5, replica=0)         # no replica context: replica 0
+  assert loss(False, step=5, replica=1) == loss(False) == loss(False, step=9)
+  # A different model seed, a different draw.
+  m.seed = 1234
+  assert loss(step=5, replica=1) != first
 
 
 def test_config_from_before_forget_bias_and_zero_pad_keeps_their_old_meaning():

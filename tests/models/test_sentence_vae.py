@@ -121,8 +121,7 @@ def test_free_bits_raise_each_dimensions_kl_to_the_floor():
   losses = {}
   for bits in (0.0, 3.0):
     model = models.build(_config(latent_dim=8, free_bits=bits, kl_schedule="constant"), WORDS)
-    tf.random.set_seed(7)                     # the same z sample for both
-    loss, metrics, _ = model.loss(batch, (), training=True, step=0)
+    loss, metrics, _ = model.loss(batch, (), training=True, step=0)   # the same z: (seed, step)
     losses[bits] = (float(loss), metrics)
   (l0, m0), (l3, _) = losses[0.0], losses[3.0]
   n, tokens = float(m0["num_sentences"]), float(m0["num_tokens"])
@@ -134,13 +133,51 @@ def test_free_bits_raise_each_dimensions_kl_to_the_floor():
 def test_kl_weight_scales_only_the_kl_in_training():
   batch = _batch()
   model = models.build(_config(latent_dim=8, kl_schedule="linear", kl_anneal_steps=100), WORDS)
-  tf.random.set_seed(3)
   l0, m0, _ = model.loss(batch, (), training=True, step=0)       # β = 0: reconstruction only
   np.testing.assert_allclose(float(l0), float(m0["nll_sum"] / m0["num_tokens"]), rtol=1e-6)
-  tf.random.set_seed(3)
   l1, m1, _ = model.loss(batch, (), training=True, step=50)      # β = 0.5
   expected = (float(m1["nll_sum"]) + 0.5 * float(m1["kl_sum"])) / float(m1["num_tokens"])
   assert float(l1) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [dict(latent_dim=8),                        # z alone
+                                       dict(latent_dim=0, word_dropout=0.5),    # word dropout
+                                       dict(latent_dim=0, dropout=0.5),         # dropout
+                                       dict(latent_dim=8, word_dropout=0.25, dropout=0.5)],
+                         ids=["z", "word_dropout", "dropout", "all"])
+def test_training_draws_are_a_function_of_seed_step_and_replica(overrides):
+  """What a resumed run needs: the same (seed, step, replica) gives the same loss to the bit
+  however often and in whatever order it is computed; another step or replica gives another
+  draw. Evaluation does not depend on them."""
+  # Weights large enough that another draw moves the loss well above float32 rounding.
+  model = models.build(_config(**{"word_dropout": 0.0, "init_scale": 0.5, **overrides}), WORDS,
+                       seed=1)
+  batch = _batch(n=8)
+  loss = lambda training=True, **kw: float(model.loss(batch, (), training, **kw)[0])
+  step = tf.Variable(5, dtype=tf.int64)                  # as the training loop passes it
+  traced = tf.function(lambda: model.loss(batch, (), True, step=step, replica=1)[0])
+  first = loss(step=5, replica=1)
+  others = [loss(step=4, replica=1), loss(step=6, replica=1), loss(step=5, replica=0),
+            loss(step=5, replica=2)]
+  assert loss(step=5, replica=1) == first
+  assert float(traced()) == pytest.approx(first, rel=1e-6)   # the same draw in a graph
+  assert len({first, *others}) == 5, (first, others)
+  assert loss(step=5) == loss(step=5, replica=0)         # no replica context: replica 0
+  assert loss(False, step=5, replica=1) == loss(False, step=5, replica=1)   # deterministic
+  if not overrides["latent_dim"]:                        # nothing random left in evaluation
+    assert loss(False) == loss(False, step=9, replica=3)
+
+
+def test_z_is_reparameterised():
+  """At β = 0 the objective is the reconstruction alone: the posterior's parameters get a
+  gradient only through z = μ + σ ε."""
+  model = models.build(_config(latent_dim=8, kl_schedule="linear", kl_anneal_steps=100), WORDS)
+  with tf.GradientTape() as tape:
+    loss, _, _ = model.loss(_batch(), (), training=True, step=0)
+  grads = tape.gradient(loss, [model.params["posterior_w"], model.params["posterior_b"]])
+  for g in grads:
+    mean_part, logvar_part = np.split(g.numpy(), 2, axis=-1)
+    assert np.abs(mean_part).max() > 0 and np.abs(logvar_part).max() > 0
 
 
 def test_active_units_and_mutual_information_against_known_posteriors():

@@ -46,7 +46,7 @@ from absl import logging
 
 from tfsys.distribute import cluster as cluster_lib
 from tfsys.distribute import ps as ps_lib
-from tfsys.errors import UserError
+from tfsys.errors import TaskLostError, UserError
 from tfsys.monitor import NoiseScale, Throughput
 from tfsys.train.evaluate import _reset
 from tfsys.train.run import Run
@@ -70,14 +70,71 @@ def run(config, workdir: str, backend) -> dict | None:
     r.total_steps, r.words_per_step = epochs_steps, r.words_per_step / r.replicas
     if not config.eval.every_steps:
       r.eval_every *= ps.num_workers
-  shared = SharedState(r, ps)
-  if ps.role == "chief":
-    return (SyncChief if ps.kind == "sync_backup" else AsyncChief)(r, shared).train()
+  watch = PSWatch(backend.cluster, config.distribute.ps_timeout_secs)
   try:
-    (SyncWorker if ps.kind == "sync_backup" else AsyncWorker)(r, shared).train()
-  finally:
-    r.checkpointer.close()
+    shared = SharedState(r, ps)
+    if ps.role == "chief":
+      return (SyncChief if ps.kind == "sync_backup" else AsyncChief)(r, shared, watch).train()
+    try:
+      (SyncWorker if ps.kind == "sync_backup" else AsyncWorker)(r, shared, watch).train()
+    finally:
+      r.checkpointer.close()
+  except tf.errors.OpError as e:
+    lost = watch.explain(e)
+    if lost is None:
+      raise
+    # At once: a call of another thread may still be blocked on the ps.
+    _exit_now(str(lost), lost.exit_status)
+  except TaskLostError as e:
+    _exit_now(str(e), e.exit_status)
   return None
+
+
+class PSWatch:
+  """Whether the ps tasks are there: an error of a call to them becomes one line naming the
+  task that is gone, and a wait checks on them so that nobody waits for a dead one forever.
+
+  A ps that died refuses connections (its port is closed) at once; one whose host is
+  unreachable times out. A ps that is alive but hung (stopped, swapping) still accepts
+  connections and is not detected here.
+  """
+
+  def __init__(self, cluster, timeout_secs: float):
+    self.me = cluster.name
+    self.tasks = [(f"ps{j}", a) for j, a in enumerate(cluster.jobs["ps"])]
+    self.timeout_secs = timeout_secs
+    self._gone_since = {}
+
+  def unreachable(self) -> list[tuple[str, str]]:
+    return [(n, a) for n, a in self.tasks if not cluster_lib.reachable(a, timeout=2.0)]
+
+  def _error(self, gone, why: str) -> TaskLostError:
+    names = ", ".join(f"{n} ({a})" for n, a in gone)
+    return TaskLostError(f"[{self.me}] parameter server {names} {why}; exiting. The state it "
+                         "held is gone with it: relaunch the cluster to resume from the last "
+                         "checkpoint")
+
+  def explain(self, e: Exception) -> TaskLostError | None:
+    """After a failed call: the ps tasks that do not accept connections now, as one error."""
+    gone = self.unreachable()
+    if not gone:
+      return None
+    first = (getattr(e, "message", "") or str(e)).strip().splitlines()
+    return self._error(gone, f"is gone ({type(e).__name__}: {first[0][:120] if first else ''})")
+
+  def check(self) -> None:
+    """Raises TaskLostError once a ps task has refused connections for timeout_secs."""
+    now = time.monotonic()
+    gone = self.unreachable()
+    for name, _ in self.tasks:
+      if (name, dict(self.tasks)[name]) in gone:
+        self._gone_since.setdefault(name, now)
+      else:
+        self._gone_since.pop(name, None)
+    lost = [(n, a) for n, a in gone if now - self._gone_since[n] >= self.timeout_secs]
+    if lost:
+      raise self._error(lost, f"has not accepted connections for {self.timeout_secs:.0f} s "
+                              "(--config.distribute.ps_timeout_secs)")
 
 
 def serve(backend) -> None:
@@ -371,8 +428,8 @@ def _patiently(fn, every_secs: float, on_wait):
 class SyncChief:
   """Applies the first N gradients of each step; evaluates, checkpoints, writes TensorBoard."""
 
-  def __init__(self, r: Run, shared: SharedState):
-    self.r, self.s, self.ps = r, shared, shared.ps
+  def __init__(self, r: Run, shared: SharedState, watch: PSWatch):
+    self.r, self.s, self.ps, self.watch = r, shared, shared.ps, watch
     c = r.config.distribute
     self.n, self.num_workers = self.ps.replicas_to_aggregate, self.ps.num_workers
     self.log_workers_every, self.wait_log_secs = c.log_workers_every, c.wait_log_secs
@@ -550,6 +607,9 @@ class SyncChief:
     ts = tf.range(t, t + count, dtype=tf.int64)
 
     def on_wait(secs):
+      self.watch.check()      # every second: a dead ps ends the wait within ps_timeout_secs
+      if secs % self.wait_log_secs >= 1.0:
+        return
       step = int(self.s.read_step())
       committed = self.s.committed.numpy()
       missing = [f"worker{w}" for w in range(self.num_workers) if committed[w] < step]
@@ -559,7 +619,7 @@ class SyncChief:
     call = _Call(lambda: self._steps_on_ps(tf.constant(self.n), tf.constant(first, tf.int64),
                                            rates, tf.cast(ts, tf.float32)),
                  notify=self._ctrl_c.events)
-    out = self._ctrl_c.wait(call, self._stop, self.wait_log_secs, on_wait)
+    out = self._ctrl_c.wait(call, self._stop, 1.0, on_wait)
     *commits, stats, times = (x.numpy() for x in out)
     results = [({}, [], step_stats, float(when)) for step_stats, when in zip(stats, times)]
     for w, t_w, loss, secs, fingerprint, at in zip(*(c.tolist() for c in commits)):
@@ -587,7 +647,7 @@ class SyncChief:
     losses = []
     step = r.start
     t_prev = time.time()
-    record = open(os.path.join(r.workdir, STEP_RECORD), "a", encoding="utf-8")
+    record = open_step_record(r.workdir, r.start)
     self._ctrl_c.install()
     try:
       while step < r.total_steps:
@@ -632,6 +692,7 @@ class SyncChief:
           r.optimizer.iterations.assign_add(len(results))
           r.step_var.assign(step)
           writers.scalar_series("train", series.pop("step", []), series)
+          record.flush()   # every applied step's record, before the chief's next duty
         if step % config.train.log_every == 0 or step == r.total_steps:
           perf = throughput.report(step)
           rate = r.learning_rate(tf.constant(step - 1, tf.int64))
@@ -652,8 +713,6 @@ class SyncChief:
         evaluated = step % r.eval_every == 0 and step < r.total_steps
         save = step < r.total_steps and (evaluated or step % config.train.checkpoint_every == 0)
         s.evaluate_and_save(step, evaluated, save)
-        if save:
-          record.flush()
     except _CtrlC.Again:
       logging.warning("[chief] Ctrl-C again: leaving without waiting for the ps; not saved, "
                       "so a run of the same command resumes at step %d", r.saved_step)
@@ -665,8 +724,11 @@ class SyncChief:
       raise
     finally:
       self._ctrl_c.uninstall()
-      self._close()  # workers blocked on a token see the end and exit
       record.close()
+      try:
+        self._close()  # workers blocked on a token see the end and exit
+      except tf.errors.OpError as e:   # the ps is gone: the error that ended the run goes first
+        logging.info("[chief] could not close the token queues: %s", type(e).__name__)
     logging.info("[chief] gradients used per worker %s, dropped per worker %s",
                  used_by.tolist(), dropped_by.tolist())
     s.params.pull(r.variables)
@@ -674,15 +736,48 @@ class SyncChief:
     return r.finish(step)
 
 
-def gradient_function(r: Run, shared: SharedState):
-  """A ps worker's computation: (flat gradients, loss, new state) of its rows' batch."""
+def open_step_record(workdir: str, start: int):
+  """STEP_RECORD for appending, holding exactly one record per step up to `start`, the step the
+  run resumes at. A chief that died wrote records of steps after its last checkpoint (they are
+  recomputed now, with other workers and gradients) and may have lost the last few it had not
+  flushed (those steps are lost from the model too): the records after `start` are dropped,
+  atomically, so that the file is the history of the run as it resumes."""
+  path = os.path.join(workdir, STEP_RECORD)
+  if os.path.exists(path):
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+          dropped += 1     # a line cut short by the kill
+          continue
+        if step <= start and (not kept or step > kept[-1][0]):
+          kept.append((step, line if line.endswith("\n") else line + "\n"))
+        else:
+          dropped += 1
+    if dropped:
+      logging.info("[chief] %s: dropped %d record(s) of steps after step %d, where the run "
+                   "resumes", STEP_RECORD, dropped, start)
+      tmp = path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line for _, line in kept)
+      os.replace(tmp, path)
+  return open(path, "a", encoding="utf-8")
+
+
+def gradient_function(r: Run, shared: SharedState, worker: int):
+  """A ps worker's computation: (flat gradients, loss, new state) of its rows' batch. Its
+  random draws (dropout) are a function of (seed, step, worker): a recomputed step draws the
+  same."""
   model, variables, pts = r.model, r.variables, r.per_token_scale
 
   @tf.function(reduce_retracing=True)   # sentence batches vary in length
   def compute(batch, state, step):
     state = _reset(state, batch["reset"])
     with tf.GradientTape() as tape:
-      loss, metrics, new_state = model.loss(batch, state, training=True, step=step)
+      loss, metrics, new_state = model.loss(batch, state, training=True, step=step,
+                                            replica=worker)
       scaled = loss * pts
     grads = tape.gradient(scaled, variables)
     return shared.flatten(grads), loss, new_state
@@ -700,7 +795,7 @@ def write_step_graph(r: Run, shared: SharedState) -> None:
                                        num_replicas_in_sync=num_workers)
   try:
     batch = {k: tf.constant(v) for k, v in next(r.stream.replica_windows(0, context)).items()}
-    traced = gradient_function(r, shared).get_concrete_function(
+    traced = gradient_function(r, shared, 0).get_concrete_function(
         batch, r.model.initial_state(r.local_batch), tf.constant(0, tf.int64))
     r.writers.graph("train", "train_step", traced.graph, r.start)
   except Exception as e:  # noqa: BLE001  (a picture for the Graphs tab: training goes on)
@@ -710,8 +805,8 @@ def write_step_graph(r: Run, shared: SharedState) -> None:
 class _Worker:
   """What both kinds of ps worker do: read parameters, compute a gradient on their own rows."""
 
-  def __init__(self, r: Run, shared: SharedState):
-    self.r, self.s, self.ps = r, shared, shared.ps
+  def __init__(self, r: Run, shared: SharedState, watch: PSWatch):
+    self.r, self.s, self.ps, self.watch = r, shared, shared.ps, watch
     cluster = r.backend.cluster
     self.me, self.name = cluster.task_index, cluster.name
     c = r.config.distribute
@@ -727,7 +822,7 @@ class _Worker:
       for v, value in zip(variables, s.params.read_all()):
         v.assign(value)
 
-    self._pull, self._compute = pull, gradient_function(r, shared)
+    self._pull, self._compute = pull, gradient_function(r, shared, self.me)
     self._iterator, self._data_step, self._state = None, None, None
     self._chief_seen = time.monotonic()
 
@@ -763,14 +858,14 @@ class _Worker:
                            "Relaunch the cluster to resume from its last checkpoint")
 
 
-class ChiefGoneError(UserError):
+class ChiefGoneError(TaskLostError):
   pass
 
 
 class SyncWorker(_Worker):
 
-  def __init__(self, r: Run, shared: SharedState):
-    super().__init__(r, shared)
+  def __init__(self, r: Run, shared: SharedState, watch: PSWatch):
+    super().__init__(r, shared, watch)
     s, me = shared, self.me
     queue = s.tokens[me]
 
@@ -826,6 +921,7 @@ class SyncWorker(_Worker):
     waits."""
     def on_wait(secs):
       self._check_chief(secs)
+      self.watch.check()
     token = int(_patiently(fn or self._take_token, 1.0, on_wait))
     self._chief_seen = time.monotonic()   # a new step: the chief was alive a moment ago
     return token
@@ -857,23 +953,22 @@ class SyncWorker(_Worker):
     except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
       logging.info("[%s] the chief ended training; pushed %d gradients", self.name, pushed)
     except ChiefGoneError as e:
-      _exit_now(str(e))
+      _exit_now(str(e), e.exit_status)
 
 
-def _exit_now(message: str) -> None:
+def _exit_now(message: str, status: int) -> None:
   """Ends the process at once: a call may still be blocked on the ps in another thread."""
-  import os
-  import sys
+  import sys   # pylint: disable=import-outside-toplevel
   print(f"error: {message}", file=sys.stderr, flush=True)
-  os._exit(3)
+  os._exit(status)
 
 
 # ==================================================================== async_ps
 class AsyncWorker(_Worker):
   """Reads the parameters, computes a gradient and applies it on the ps tasks itself."""
 
-  def __init__(self, r: Run, shared: SharedState):
-    super().__init__(r, shared)
+  def __init__(self, r: Run, shared: SharedState, watch: PSWatch):
+    super().__init__(r, shared, watch)
     s, me = shared, self.me
 
     @tf.function
@@ -908,7 +1003,7 @@ class AsyncWorker(_Worker):
         try:
           self._check_chief()
         except ChiefGoneError as e:
-          _exit_now(str(e))
+          _exit_now(str(e), e.exit_status)
         last_check = time.monotonic()
     logging.info("[%s] applied %d gradients; training reached step %d", self.name, applied, step)
 
@@ -916,8 +1011,8 @@ class AsyncWorker(_Worker):
 class AsyncChief:
   """Watches the global step: logs, evaluates and checkpoints as it passes each boundary."""
 
-  def __init__(self, r: Run, shared: SharedState):
-    self.r, self.s = r, shared
+  def __init__(self, r: Run, shared: SharedState, watch: PSWatch):
+    self.r, self.s, self.watch = r, shared, watch
 
   def train(self) -> dict:
     r, s = self.r, self.s

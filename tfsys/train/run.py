@@ -13,7 +13,7 @@ from absl import logging
 
 import models
 from tfsys import data
-from tfsys.errors import UserError
+from tfsys.errors import EXIT_DIVERGED, UserError
 from tfsys.monitor import Writers, format_duration
 from tfsys.train import tasks
 from tfsys.train import workdir as workdir_lib
@@ -30,7 +30,7 @@ class DivergedError(UserError):
   The last good checkpoint is left in place: a checkpoint is written only after the step's
   loss passed this check.
   """
-  exit_status = 5
+  exit_status = EXIT_DIVERGED
 
 
 class NonFiniteLossError(DivergedError):
