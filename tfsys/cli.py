@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from tfsys.errors import (EXIT_BUG, EXIT_INTERRUPTED, StorageError, UserError,  # noqa: E402
+from tfsys.errors import (EXIT_BUG, EXIT_INTERRUPTED, EXIT_PREEMPTED, StorageError, UserError,  # noqa: E402
                           storage_errno, storage_error)
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an unexpected error "
@@ -98,8 +98,8 @@ def run(main):
       if _VERBOSE.value:
         traceback.print_exc()
       _fail(str(e), e.exit_status)
-    except KeyboardInterrupt:
-      sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:
+      sys.exit(EXIT_PREEMPTED if type(e).__name__ == "SigTerm" else EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001  a bug: one line here, the traceback in a file
       if storage_errno(e) is not None:   # a write without space or permission, where none expected it
         if _VERBOSE.value:

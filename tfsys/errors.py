@@ -18,6 +18,7 @@ the top level (`tfsys.cli.run`) and exit with `exit_status`, without a traceback
 import errno
 import os
 import shutil
+import sys
 
 EXIT_BUG = 1
 EXIT_DIVERGED = 5
@@ -85,3 +86,11 @@ def storage_error(path: str, e: BaseException, needed_bytes: int = 0, intact: st
     have = ""
   return StorageError(f"cannot write {path}: {_STORAGE_REASONS[code]}{need}{have}"
                       + (f". {intact}" if intact else ""))
+
+
+def exit_now(message: str, status: int) -> None:
+  """Prints the one line and ends the process at once, skipping clean-up: for a task whose
+  other threads may be blocked in a remote call (a ps, a collective) that would hold a normal
+  exit."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(status)  # pylint: disable=protected-access

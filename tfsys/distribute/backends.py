@@ -15,12 +15,13 @@ parameter-server backends run the same model step split between chief and worker
 (tfsys/train/ps_loop.py); for them `Backend.ps` says who is who.
 """
 import dataclasses
+import re
 
 import tensorflow as tf
 from absl import logging as absl_logging
 
 from tfsys.distribute import cluster as cluster_lib
-from tfsys.errors import UserError
+from tfsys.errors import TaskLostError, UserError
 
 BACKENDS = ("single", "mirrored", "multi_worker", "sync_backup", "async_ps")
 PS_BACKENDS = ("sync_backup", "async_ps")
@@ -41,11 +42,43 @@ class PSCluster:
     return self.num_workers - self.replicas_to_aggregate
 
 
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError, tf.errors.InternalError)
+_TASK_IN_MESSAGE = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
 @dataclasses.dataclass
 class Backend:
   strategy: tf.distribute.Strategy
   cluster: cluster_lib.Cluster | None = None
   ps: PSCluster | None = None
+  collective_timeout_secs: float = 0.0
+
+  def lost_peer(self, e: Exception) -> TaskLostError | None:
+    """A multi_worker step's error as one line naming the lost peer, or None if it is not one.
+
+    A peer that dies aborts every collective ("Collective ops is aborted by: ... Connection
+    reset by peer"), one that hangs times the collective out after collective_timeout_secs
+    (DeadlineExceeded). TensorFlow names the peer's task in some of these messages; where it
+    does not, the peers that no longer accept connections are named.
+    """
+    if self.cluster is None or self.ps is not None or not isinstance(e, _PEER_ERRORS):
+      return None
+    text = (getattr(e, "message", "") or str(e)).strip()
+    named = sorted({f"{job}{task}" for job, task in _TASK_IN_MESSAGE.findall(text)}
+                   - {self.cluster.name})
+    gone = [f"{n} ({a})" for n, a in self.cluster.peers() if not cluster_lib.reachable(a, 2.0)]
+    if isinstance(e, tf.errors.DeadlineExceededError):
+      why = (f"a collective waited {self.collective_timeout_secs:.0f} s for its peers "
+             "(--config.distribute.collective_timeout_secs)")
+    else:
+      why = text.splitlines()[0][:160] if text else type(e).__name__
+    who = ", ".join(gone) or ", ".join(named) or "a peer"
+    return TaskLostError(
+        f"[{self.cluster.name}] lost {who} of the all-reduce ({type(e).__name__}: {why}); "
+        "exiting. multi_worker cannot go on without a worker: relaunch the cluster to resume "
+        "from the last checkpoint")
+
 
   @property
   def is_chief(self) -> bool:
@@ -99,9 +132,16 @@ def make_backend(distribute_config) -> Backend:
                       "(or mirrored) instead")
     cluster_lib.check_port_free(cluster.address)
     watchdog = cluster_lib.StartupWatchdog(cluster, c.startup_timeout_secs)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # waits until every task is up
-    watchdog.disarm()
-    return Backend(strategy, cluster)
+    timeout = c.get("collective_timeout_secs", 0.0)
+    if timeout < 0:
+      raise UserError(f"--config.distribute.collective_timeout_secs must be >= 0 (0 = wait "
+                      f"forever), got {timeout}")
+    # A collective that waits longer than this for a peer fails (DeadlineExceeded) instead of
+    # blocking the survivors forever on a peer that hangs.
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout or None)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    watchdog.disarm()   # (the constructor waits until every task is up)
+    return Backend(strategy, cluster, collective_timeout_secs=timeout)
   if backend in PS_BACKENDS:
     return _ps_backend(c)
   raise UserError(f"unknown distribution backend {backend!r} (--config.distribute.backend); "

@@ -174,26 +174,28 @@ class LocalCluster:
       for i in range(len(self.spec.get(job, []))):
         self._start(job, i)
 
-  def stop(self, sig: int = signal.SIGKILL, wait_secs: float | None = None) -> None:
-    """Signals every live task's process group and reaps them all; tasks still alive after
-    wait_secs (SIGTERM: time to save) are SIGKILLed.
+  def stop(self, sig: int = signal.SIGKILL, wait_secs: float = 0.0) -> None:
+    """Stops every live task and reaps them all.
 
-    SIGKILL loses nothing: a task is always resumable from its last checkpoint, which is
-    written atomically.
+    SIGKILL at once by default: nothing is lost, a task is always resumable from its last
+    checkpoint, which is written atomically. With SIGTERM (preemption) the chief and the
+    workers get it first and up to wait_secs to save and exit; the ps tasks, which hold the
+    state the chief saves, are SIGKILLed only after that.
     """
-    for p in self.procs.values():
-      if p.poll() is None:
-        _signal_group(p, sig)
-    if wait_secs is not None:
+    if sig != signal.SIGKILL:
+      clients = [p for n, p in self.procs.items() if not n.startswith("ps")]
+      for p in clients:
+        if p.poll() is None:
+          _signal_group(p, sig)
       deadline = time.monotonic() + wait_secs
-      for p in self.procs.values():
+      for p in clients:
         try:
           p.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
           pass
-      for p in self.procs.values():
-        if p.poll() is None:
-          _signal_group(p, signal.SIGKILL)
+    for p in self.procs.values():
+      if p.poll() is None:
+        _signal_group(p, signal.SIGKILL)
     for p in self.procs.values():
       p.wait()
     for t in self._threads:
@@ -249,11 +251,15 @@ class LocalCluster:
           return 0
         self._event("died", name, status=code)
         final = code in FINAL_STATUSES
+        # A preempted task's peers are saving the same step (multi_worker saves together; a
+        # sync chief stops its workers): they get SIGTERM and time to finish, not SIGKILL.
+        stop_sig = signal.SIGTERM if code == EXIT_PREEMPTED else signal.SIGKILL
         if final or self.restarted >= self.restarts:
           why = ("relaunching cannot help" if final else
                  f"no restarts left (--restarts={self.restarts})" if self.restarts else
                  "--restarts=0")
           self._say(f"{name} {describe_status(code)}; {why}: stopping the other tasks")
+          self.stop(stop_sig, wait_secs=self.grace_secs)
           return shell_status(code)
         self.restarted += 1
         count = f"restart {self.restarted} of {self.restarts}"
@@ -266,7 +272,7 @@ class LocalCluster:
         else:
           self._say(f"{name} {describe_status(code)}; restarting the whole cluster, which "
                     f"resumes from the last checkpoint ({count})")
-          self.stop()
+          self.stop(stop_sig, wait_secs=self.grace_secs)
           self.procs.clear()
           # New ports: the dead cluster's may still be held by its connections' TIME_WAIT.
           self.spec = respec(self.spec)

@@ -17,7 +17,9 @@ from absl import logging
 
 from tfsys.distribute.backends import make_backend
 from tfsys.monitor import NoiseScale, StepProfiler, Throughput
+from tfsys.errors import exit_now
 from tfsys.train.evaluate import _reset
+from tfsys.train.preemption import Preemption, preempted
 from tfsys.train.run import NonFiniteLossError, Run, sq_norm
 
 __all__ = ["NonFiniteLossError", "train_and_evaluate"]
@@ -91,19 +93,21 @@ def _train_allreduce(run: Run, profiler: StepProfiler) -> dict:
     return out, new_state
 
   @tf.function(reduce_retracing=True)   # sentence batches vary in length: trace [B, None] once
-  def train_step(batch, state):
+  def train_step(batch, state, stop):
     out, new_state = strategy.run(step_fn, args=(batch, state))
     first = lambda v: strategy.experimental_local_results(v)[0]
     mean = lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-    # One cross-replica sum for the loss (as a mean) and every metric sum, not one each: with
-    # worker processes each reduction is a collective on the step's critical path.
+    # One cross-replica sum for the loss (as a mean), every metric sum and the preemption flag,
+    # not one each: with worker processes each reduction is a collective on the step's
+    # critical path. A flag summed above 0 tells every worker that some worker got SIGTERM.
     names = sorted(out["metrics"])
     packed = strategy.run(lambda o: tf.stack([o["loss"] / replicas] +
-                                             [tf.cast(o["metrics"][k], tf.float32) for k in names]),
+                                             [tf.cast(o["metrics"][k], tf.float32) for k in names]
+                                             + [stop]),
                           args=(out,))
     summed = strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
     result = {"loss": summed[0], "grad_norm": first(out["grad_norm"]),
-              "learning_rate": first(out["learning_rate"]),
+              "learning_rate": first(out["learning_rate"]), "stop": summed[-1],
               "metrics": {k: summed[i + 1] for i, k in enumerate(names)}}
     if track_noise:
       result.update(small_sq=mean(out["small_sq"]), big_sq=first(out["big_sq"]))
@@ -123,18 +127,24 @@ def _train_allreduce(run: Run, profiler: StepProfiler) -> dict:
   losses, sums = [], {}
   step = start
   profiler.begin(start, enabled=run.is_chief)
+  preemption = Preemption().install()
   try:
     while step < run.total_steps:
       if step == start and start == 0:
         writers.trace_on()
       profiler.before(step + 1)
-      out, state = train_step(next(iterator), state)
+      out, state = train_step(next(iterator), state, tf.constant(float(preemption.requested)))
       if step == start and start == 0:
         writers.trace_export("train", "train_step", step)
       loss = float(out["loss"])
       profiler.after(step + 1)
       run.check_loss(loss, step + 1)
       step += 1
+      if float(out["stop"]) > 0:    # some worker got SIGTERM: all save this step together
+        if step > run.saved_step:
+          run.save(step, gather_rows(state))
+        writers.flush()
+        raise preempted(step)
       losses.append(loss)
       for k, v in out["metrics"].items():
         sums[k] = sums.get(k, 0.0) + float(v)
@@ -160,7 +170,13 @@ def _train_allreduce(run: Run, profiler: StepProfiler) -> dict:
       run.save(step, gather_rows(state))
     logging.info("interrupted at step %d; run the same command again to resume", step)
     raise
+  except tf.errors.OpError as e:
+    lost = run.backend.lost_peer(e)   # multi_worker: a peer died or timed out in a collective
+    if lost is None:
+      raise
+    exit_now(str(lost), lost.exit_status)   # the collective executor may block a clean exit
   finally:
+    preemption.uninstall()
     profiler.stop()   # a run that ends (or fails) before step B still writes its trace
 
   return run.finish(step, lambda: gather_rows(state))

@@ -46,9 +46,10 @@ from absl import logging
 
 from tfsys.distribute import cluster as cluster_lib
 from tfsys.distribute import ps as ps_lib
-from tfsys.errors import TaskLostError, UserError
+from tfsys.errors import EXIT_PREEMPTED, TaskLostError, UserError, exit_now
 from tfsys.monitor import NoiseScale, Throughput
 from tfsys.train.evaluate import _reset
+from tfsys.train.preemption import SigTerm, preempted
 from tfsys.train.run import Run
 
 # sync_backup: one JSON line per applied step, from the chief: the workers used (with each one's
@@ -84,9 +85,9 @@ def run(config, workdir: str, backend) -> dict | None:
     if lost is None:
       raise
     # At once: a call of another thread may still be blocked on the ps.
-    _exit_now(str(lost), lost.exit_status)
+    exit_now(str(lost), lost.exit_status)
   except TaskLostError as e:
-    _exit_now(str(e), e.exit_status)
+    exit_now(str(e), e.exit_status)
   return None
 
 
@@ -361,13 +362,16 @@ class _CtrlC:
     # reentrant (a Condition's lock, as in threading.Event.set, could deadlock there).
     self.events = queue.SimpleQueue()
     self._deferring = False
-    self._installed, self._previous = False, None
+    self._previous = {}
+    self._kind = KeyboardInterrupt   # SigTerm once a SIGTERM came
 
   def _handler(self, signum, frame):
     del frame
     again, self.requested = self.requested, True
+    if signum == signal.SIGTERM:
+      self._kind = SigTerm
     if not self._deferring:
-      raise KeyboardInterrupt
+      raise self._kind
     if again:
       raise self.Again
     self.events.put(signum)
@@ -375,17 +379,19 @@ class _CtrlC:
   def install(self) -> None:
     # Only the main thread may install a handler (and Python runs handlers only there); a
     # chief started with SIGINT ignored (in the background of a script) keeps ignoring it.
-    if (threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-      self._previous = signal.signal(signal.SIGINT, self._handler)
-      self._installed = True
+    # SIGTERM (a preemption notice) takes the same path and ends as SigTerm (status 75).
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      if signal.getsignal(sig) is not signal.SIG_IGN:
+        self._previous[sig] = signal.signal(sig, self._handler)
 
   def uninstall(self) -> None:
-    if self._installed:
+    for sig, previous in self._previous.items():
       # SIG_DFL is 0: test for None (a handler not set from Python), not for truth.
-      signal.signal(signal.SIGINT, signal.default_int_handler if self._previous is None
-                    else self._previous)
-      self._installed = False
+      signal.signal(sig, previous if previous is not None else
+                    signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    self._previous = {}
 
   @contextlib.contextmanager
   def deferred(self):
@@ -397,7 +403,7 @@ class _CtrlC:
     finally:
       self._deferring = False
     if self.requested:
-      raise KeyboardInterrupt
+      raise self._kind
 
   def wait(self, call: _Call, stop, every_secs: float, on_wait):
     """call's result (a _Call made with notify=self.events). After a Ctrl-C it calls stop()
@@ -406,7 +412,8 @@ class _CtrlC:
     waited, stopping = 0.0, False
     while True:
       if self.requested and not stopping and not call.done:
-        logging.info("[chief] Ctrl-C: stopping the steps on the ps after the one under way")
+        logging.info("[chief] %s: stopping the steps on the ps after the one under way",
+                     "SIGTERM" if self._kind is SigTerm else "Ctrl-C")
         stop()
         stopping = True
       try:
@@ -717,9 +724,11 @@ class SyncChief:
       logging.warning("[chief] Ctrl-C again: leaving without waiting for the ps; not saved, "
                       "so a run of the same command resumes at step %d", r.saved_step)
       raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
       if step > r.saved_step:
         s.evaluate_and_save(step, evaluated=False, save=True)
+      if isinstance(e, SigTerm):
+        raise preempted(step) from None
       logging.info("interrupted at step %d; run the same command again to resume", step)
       raise
     finally:
@@ -802,6 +811,11 @@ def write_step_graph(r: Run, shared: SharedState) -> None:
     logging.warning("[chief] the step's graph was not written to TensorBoard: %s", e)
 
 
+def _raise_sigterm(signum, frame):
+  del signum, frame
+  raise SigTerm
+
+
 class _Worker:
   """What both kinds of ps worker do: read parameters, compute a gradient on their own rows."""
 
@@ -809,6 +823,12 @@ class _Worker:
     self.r, self.s, self.ps, self.watch = r, shared, shared.ps, watch
     cluster = r.backend.cluster
     self.me, self.name = cluster.task_index, cluster.name
+    if threading.current_thread() is threading.main_thread():
+      # Preempted: a worker holds no state (a gradient not yet committed is not used), so it
+      # leaves at once; under sync_backup the others go on without it.
+      signal.signal(signal.SIGTERM, lambda *_: exit_now(
+          f"[{self.name}] preempted (SIGTERM): leaving; a worker holds no state, so nothing is "
+          "lost. Restart it to rejoin", EXIT_PREEMPTED))
     c = r.config.distribute
     self.chief_timeout = c.chief_timeout_secs
     self.straggler = Straggler(c.straggler, self.me, r.config.seed)
@@ -951,16 +971,14 @@ class SyncWorker(_Worker):
           token = self._next_token()
         pulled = True
     except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
+      reached = int(self.s.read_step())
+      if reached < self.r.total_steps:   # the chief stopped early: preempted or interrupted
+        exit_now(f"[{self.name}] the chief stopped training at step {reached} of "
+                 f"{self.r.total_steps} (preempted or interrupted); pushed {pushed} gradients. "
+                 "Relaunch the cluster to resume", EXIT_PREEMPTED)
       logging.info("[%s] the chief ended training; pushed %d gradients", self.name, pushed)
     except ChiefGoneError as e:
-      _exit_now(str(e), e.exit_status)
-
-
-def _exit_now(message: str, status: int) -> None:
-  """Ends the process at once: a call may still be blocked on the ps in another thread."""
-  import sys   # pylint: disable=import-outside-toplevel
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  os._exit(status)
+      exit_now(str(e), e.exit_status)
 
 
 # ==================================================================== async_ps
@@ -1003,7 +1021,7 @@ class AsyncWorker(_Worker):
         try:
           self._check_chief()
         except ChiefGoneError as e:
-          _exit_now(str(e), e.exit_status)
+          exit_now(str(e), e.exit_status)
         last_check = time.monotonic()
     logging.info("[%s] applied %d gradients; training reached step %d", self.name, applied, step)
 
@@ -1037,6 +1055,8 @@ class AsyncChief:
     throughput = Throughput(r.start, r.total_steps)
     step, seen = r.start, r.start
     losses, by_worker = [], collections.Counter()
+    previous = (signal.signal(signal.SIGTERM, _raise_sigterm)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
       while step < r.total_steps:
         time.sleep(0.05)
@@ -1062,10 +1082,15 @@ class AsyncChief:
             evaluated or any(b % config.train.checkpoint_every == 0 for b in boundaries))
         r.step_var.assign(step)   # the workers count steps on the ps; checkpoints need it here
         s.evaluate_and_save(step, evaluated, save)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
       r.step_var.assign(step)
       s.evaluate_and_save(step, evaluated=False, save=True)
+      if isinstance(e, SigTerm):
+        raise preempted(step) from None
       raise
+    finally:
+      if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     r.step_var.assign(step)
     s.params.pull(r.variables)
     s.pull_slots()
