@@ -109,3 +109,35 @@ def test_a_worker_that_never_comes_up_is_named(tmp_path):
   assert proc.returncode != 0
   assert f"[worker0] worker1 (127.0.0.1:{ports[1]}) did not come up within 2 s" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_a_lost_peer_is_one_line_naming_it(tmp_path):
+  """worker1 of two SIGKILLed mid-run: worker0 exits with status 3 (a lost task) and one line
+  naming worker1 and its address, without a traceback."""
+  from tfsys.distribute.launch import cluster_spec
+  spec = cluster_spec(num_workers=2)
+  procs, logs = {}, {}
+  try:
+    for i in range(2):
+      env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": spec,
+                                                    "task": {"type": "worker", "index": i}}))
+      logs[i] = open(tmp_path / f"worker{i}.log", "w+", encoding="utf-8")  # noqa: SIM115
+      procs[i] = subprocess.Popen([sys.executable, *TRAIN, f"--workdir={tmp_path / 'run'}",
+                                   "--config.distribute.backend=multi_worker",
+                                   "--config.train.num_steps=100000"],
+                                  env=env, stdout=logs[i], stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 180
+    while "step 5/" not in (tmp_path / "worker0.log").read_text():
+      assert procs[0].poll() is None and time.monotonic() < deadline, "no step 5"
+      time.sleep(0.2)
+    procs[1].kill()
+    assert procs[0].wait(timeout=90) == 3
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  log = (tmp_path / "worker0.log").read_text()
+  errors = [l for l in log.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
+  assert f"[worker0] lost worker1 ({spec['worker'][1]}) of the all-reduce" in errors[0], errors[0]
