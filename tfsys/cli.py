@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from tfsys.errors import (EXIT_BUG, EXIT_INTERRUPTED, EXIT_PREEMPTED, StorageError, UserError,  # noqa: E402
-                          storage_errno, storage_error)
+                          error_summary, storage_errno, storage_error)
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an unexpected error "
                              "(otherwise it goes to a log file named in the error line)")
@@ -52,11 +52,7 @@ def _path_in(message: str) -> str | None:
 
 
 def _first_line(e: BaseException) -> str:
-  """An exception's message without TensorFlow's appended op context and stack."""
-  text = (getattr(e, "message", None) or str(e)).strip()
-  for marker in ("\n", " [Op:", "\tCompiled", " [[{{"):
-    text = text.split(marker)[0]
-  return text[:400]
+  return error_summary(e, 400)
 
 
 def _parse_flags(argv):

@@ -94,3 +94,16 @@ def exit_now(message: str, status: int) -> None:
   exit."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(status)  # pylint: disable=protected-access
+
+
+def error_summary(e: BaseException, limit: int = 160) -> str:
+  """The line of an exception's message that says what happened. TensorFlow's graph errors
+  start with "Graph execution error:" and the op's stack; the cause is a later line."""
+  text = (getattr(e, "message", None) or str(e)).strip()
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  noise = ("Graph execution error", "Detected at node", "File ", "Traceback", "[[{{", "Compiled")
+  useful = [l for l in lines if not l.startswith(noise) and not l.startswith(("in ", "line "))]
+  line = useful[0] if useful else (lines[0] if lines else type(e).__name__)
+  for marker in (" [Op:", "\tCompiled", " [[{{"):
+    line = line.split(marker)[0]
+  return line[:limit]

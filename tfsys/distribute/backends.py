@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from tfsys.distribute import cluster as cluster_lib
-from tfsys.errors import TaskLostError, UserError
+from tfsys.errors import TaskLostError, UserError, error_summary
 
 BACKENDS = ("single", "mirrored", "multi_worker", "sync_backup", "async_ps")
 PS_BACKENDS = ("sync_backup", "async_ps")
@@ -72,7 +72,7 @@ class Backend:
       why = (f"a collective waited {self.collective_timeout_secs:.0f} s for its peers "
              "(--config.distribute.collective_timeout_secs)")
     else:
-      why = text.splitlines()[0][:160] if text else type(e).__name__
+      why = error_summary(e)
     who = ", ".join(gone) or ", ".join(named) or "a peer"
     return TaskLostError(
         f"[{self.cluster.name}] lost {who} of the all-reduce ({type(e).__name__}: {why}); "

@@ -46,7 +46,7 @@ from absl import logging
 
 from tfsys.distribute import cluster as cluster_lib
 from tfsys.distribute import ps as ps_lib
-from tfsys.errors import EXIT_PREEMPTED, TaskLostError, UserError, exit_now
+from tfsys.errors import EXIT_PREEMPTED, TaskLostError, UserError, error_summary, exit_now
 from tfsys.monitor import NoiseScale, Throughput
 from tfsys.train.evaluate import _reset
 from tfsys.train.preemption import SigTerm, preempted
@@ -120,8 +120,7 @@ class PSWatch:
     gone = self.unreachable()
     if not gone:
       return None
-    first = (getattr(e, "message", "") or str(e)).strip().splitlines()
-    return self._error(gone, f"is gone ({type(e).__name__}: {first[0][:120] if first else ''})")
+    return self._error(gone, f"is gone ({type(e).__name__}: {error_summary(e, 120)})")
 
   def check(self) -> None:
     """Raises TaskLostError once a ps task has refused connections for timeout_secs."""
