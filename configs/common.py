@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.schedule = "constant"    # constant | plateau (halve when eval stalls, Kim et al.)
   config.optim.plateau_factor = 0.5     # plateau: lr *= factor when ...
   config.optim.plateau_threshold = 1.0  # ... eval perplexity improved by less than this
+  config.optim.min_learning_rate = 1e-6  # plateau: ... but never below this rate (0 = no floor)
   config.optim.scale_lr_with_batch = False  # Goyal et al.: lr = base_lr * batch / base_batch
   config.optim.base_batch = 20          # the batch the learning rate was tuned for
   config.optim.warmup_steps = 0         # linear warmup from ~0 to the lr (Goyal et al. §2.2)

@@ -42,11 +42,13 @@ out["greedy"] = [gen(["the"], 4, 0.0, s).numpy()[0].decode() for s in (0, 99)]
 out["none"] = [t.decode() for t in gen(["the company"], 0, 1.0, 0).numpy()] + \
               [t.decode() for t in gen(["the company"], -5, 1.0, 0).numpy()]
 out["empty_generate"] = gen(tf.constant([], tf.string), 3, 1.0, 0).shape.as_list()
-try:
-  gen(["the"], 3, -1.0, 0)
-  out["negative_temperature"] = None
-except tf.errors.InvalidArgumentError as e:
-  out["negative_temperature"] = e.message
+out["bad_temperature"] = []
+for t in (-1.0, float("nan"), float("inf")):
+  try:
+    gen(["the"], 3, t, 0)
+    out["bad_temperature"].append(None)
+  except tf.errors.InvalidArgumentError as e:
+    out["bad_temperature"].append(e.message)
 step = sig["step"]
 size = step.structured_input_signature[1]["state"].shape[1]
 s = step(words=tf.constant(["the", "company"]), state=tf.zeros([2, size]))
@@ -60,6 +62,14 @@ try:
   out["bad_state"] = None
 except (tf.errors.InvalidArgumentError, TypeError) as e:
   out["bad_state"] = str(e)[:300]
+out["non_finite_state"] = []
+for bad in (float("nan"), float("inf"), -float("inf")):
+  state = tf.tensor_scatter_nd_update(tf.zeros([2, size]), [[1, 0]], [bad])   # one entry of row 2
+  try:
+    step(words=tf.constant(["the", "company"]), state=state)
+    out["non_finite_state"].append(None)
+  except tf.errors.InvalidArgumentError as e:
+    out["non_finite_state"].append(e.message)
 emb = sig["embed"](words=tf.constant(["the", "zzyzx-unknown", "x" * 300, "\xff"]))["embeddings"]
 out["embed"] = emb.shape.as_list()
 out["embed_finite"] = bool(tf.reduce_all(tf.math.is_finite(emb)))
@@ -76,12 +86,14 @@ def _run(cmd, cwd=ROOT, **kw):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  """A :smoke model trained for 10 steps and exported twice."""
+  """A :smoke model trained for 10 steps and exported (twice, by the test of versions).
+  Version 1 scores 3 sentences at a time, so that SENTENCES take two slices."""
   tmp = tmp_path_factory.mktemp("export")
   workdir, export_dir = str(tmp / "run"), str(tmp / "export")
   _run([PY, "scripts/train.py", "--config=configs/ptb_char_cnn_lstm.py:smoke",
         f"--workdir={workdir}", "--config.train.num_steps=10", "--config.eval.max_tokens=200"])
-  _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}"])
+  _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}",
+        "--score_rows=3"])
   return workdir, export_dir
 
 
@@ -117,10 +129,17 @@ def test_every_signature_from_a_tensorflow_only_process(exported, tmp_path):
   greedy = got["greedy"]                                         # temperature 0: no randomness
   assert greedy[0] == greedy[1] and len(greedy[0].split()) >= 2
   assert got["empty_generate"] == [0]
-  assert "temperature must be >= 0" in got["negative_temperature"]
+  # A negative, NaN or infinite temperature is a request error naming it (NaN compares false
+  # with 0, so it once sampled on NaN logits; infinity sampled uniformly).
+  for message, value in zip(got["bad_temperature"], ("-1", "nan", "inf")):
+    assert message is not None and "temperature must be >= 0 and finite" in message
+    assert f"got] [{value}]" in message
   assert got["step"]["log_probs"][0] == 2 and got["step"]["top_words"] == [2, 10]
   np.testing.assert_allclose(got["step_log_probs_sum"], [1.0, 1.0], rtol=1e-4)
   assert got["bad_state"] is not None
+  # A NaN or infinite state once answered all-NaN log_probs with top_words ranked on NaN.
+  for message, kind in zip(got["non_finite_state"], ("NaN", "Inf", "Inf")):
+    assert message is not None and "state must be finite" in message and f"had {kind}" in message
   assert got["embed"][0] == 4 and got["embed_finite"]
 
   # The same scores and text in process, from the checkpoint (the scripts' own paths).
@@ -167,3 +186,92 @@ def test_export_and_saved_model_errors(tmp_path):
   proc = subprocess.run([PY, "scripts/sample.py", f"--saved_model={tmp_path}"],
                         capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode != 0 and "no SavedModel in" in proc.stderr
+  proc = subprocess.run([PY, "scripts/export.py", f"--workdir={tmp_path}/none",
+                         f"--export_dir={tmp_path}/e", "--score_rows=0"],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == \
+      "error: --score_rows must be a positive number of sentences, got 0"
+
+
+# Rows of different lengths: the empty sentence, one word, and one longer than SCORE_CHUNK
+# (its positions take two chunks), so that slices pad to different lengths.
+SLICED = ["the company said it expects to report", "", "a", "xyzzy \xff plugh",
+          " ".join(["the company said"] * 30), "stocks fell", "report", "it is"]
+
+
+def _untrained(config_name: str, arg: str = "smoke"):
+  """A model of a config's variant with its initial weights, and a small vocabulary: scoring
+  in slices is compared with scoring at once, which needs no training."""
+  import importlib
+  import models
+  from tfsys.data import Vocabulary
+  config = importlib.import_module(f"configs.{config_name}").get_config(arg)
+  words = ["<unk>", "<eos>", "the", "company", "said", "it", "expects", "to", "report", "a",
+           "stocks", "fell", "is"]
+  vocab = Vocabulary(words)
+  return config, vocab, models.build(config.model, vocab.words, seed=config.seed)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_scoring_in_slices_gives_the_scores_of_the_whole_batch(tmp_path, rows):
+  import tensorflow as tf
+  from tfsys.export import in_process_server
+  _, vocab, model = _untrained("ptb_char_cnn_lstm")
+  # Records the most rows the LSTM is run on in one call: the memory a request needs.
+  most_rows = tf.Variable(0)
+  hidden = model.hidden
+
+  def counting(x, state, **kw):
+    most_rows.assign(tf.maximum(most_rows, tf.shape(x)[0]))
+    return hidden(x, state, **kw)
+  model.hidden = counting
+  batch = tf.constant(SLICED)
+  whole = in_process_server(model, vocab, str(tmp_path), score_rows=10**6).score(batch)
+  assert int(most_rows.numpy()) == len(SLICED)
+  most_rows.assign(0)
+  sliced_server = in_process_server(model, vocab, str(tmp_path), score_rows=rows)
+  sliced = sliced_server.score(batch)
+  assert int(most_rows.numpy()) == rows          # 8 rows in slices of 1, 3 (3 + 3 + 2) or 8
+  assert sliced["num_tokens"].numpy().tolist() == whole["num_tokens"].numpy().tolist() \
+      == [8, 1, 2, 4, 91, 3, 2, 3]
+  # Equal up to float32 summation order (a slice pads to its own longest sentence).
+  for key in ("log_prob", "perplexity"):
+    np.testing.assert_allclose(sliced[key].numpy(), whole[key].numpy(), rtol=2e-6, atol=0)
+  empty = sliced_server.score(tf.constant([], tf.string))
+  assert {k: v.shape.as_list() for k, v in empty.items()} == {k: [0] for k in sliced}
+
+
+def test_a_bad_score_rows_is_a_user_error(tmp_path):
+  from tfsys.errors import UserError
+  from tfsys.export import in_process_server
+  _, vocab, model = _untrained("ptb_char_cnn_lstm")
+  for bad in (0, -5, 2.5):
+    with pytest.raises(UserError, match="--score_rows must be a positive number of sentences"):
+      in_process_server(model, vocab, str(tmp_path), score_rows=bad)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--num_words=-1", "error: --num_words must be >= 0, got -1"),
+    ("--temperature=nan", "error: --temperature must be >= 0 and finite (0 = greedy), got nan"),
+    ("--seed=4294967296", "error: --seed must fit in 32 bits (-2147483648 to 2147483647), "
+                          "got 4294967296")])
+def test_sample_flags_are_checked_alike_in_both_modes(exported, flag, message):
+  # --saved_model once printed an empty line and exited 0 for --num_words=-1.
+  workdir, export_dir = exported
+  for source in (f"--workdir={workdir}", f"--saved_model={os.path.join(export_dir, '1')}"):
+    proc = subprocess.run([PY, "scripts/sample.py", source, "--prompt=the", flag],
+                          capture_output=True, text=True, cwd=ROOT)
+    # (TensorFlow's C++ start-up lines come before ours on some machines: the last line counts.)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert (proc.returncode, proc.stdout, last) == (2, "", message), source
+    assert "Traceback" not in proc.stderr
+
+
+def test_sample_from_a_saved_model_refuses_more_words_than_it_generates(exported):
+  _, export_dir = exported
+  proc = subprocess.run([PY, "scripts/sample.py", f"--saved_model={os.path.join(export_dir, '1')}",
+                         "--num_words=1001"], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr.strip().splitlines()[-1] == ("error: --num_words=1001 is more than a SavedModel generates "
+                                 "(1000): lower it, or sample from the --workdir")

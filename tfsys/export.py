@@ -33,11 +33,21 @@ Signatures (batch dimension first, any batch size including 0):
 
 Inputs that are not errors: an empty sentence scores its sentence end alone; words are bytes,
 so non-UTF-8 input is scored like any unknown word; words longer than max_word_length - 2
-bytes are truncated in the char encoding; a sentence of any length is scored in chunks of
-SCORE_CHUNK positions (memory does not grow with the vocabulary times its length); max_words
-<= 0 returns the prompt alone, and at most MAX_GENERATE_WORDS are generated. Errors (a request
-error, never a crash of the server): a negative temperature; a state of the wrong size.
+bytes are truncated in the char encoding; max_words <= 0 returns the prompt alone, and at most
+MAX_GENERATE_WORDS are generated. Errors (a request error, InvalidArgumentError naming the
+input, never a crash of the server): a temperature that is negative, NaN or infinite; a state
+of the wrong size, or with a NaN or infinite entry (its log_probs would all be NaN and its
+top_words ranked on NaN).
+
+Memory of a scoring request is bounded whatever its size: its sentences are scored
+`score_rows` at a time (an export-time setting, scripts/export.py --score_rows, default
+SCORE_ROWS), each slice padded to its own longest sentence, and a sentence of any length in
+chunks of SCORE_CHUNK positions, one chunk and one slice at a time. The logits of one chunk,
+score_rows × SCORE_CHUNK × vocabulary floats, dominate (131 MB for 256 rows and 2,000 words):
+lower --score_rows for a large vocabulary. The scores are those of the whole batch at once, up
+to float32 summation order (tests/test_export.py).
 """
+import operator
 import os
 import re
 import tempfile
@@ -49,8 +59,49 @@ from tfsys.data import chars
 from tfsys.errors import UserError
 
 SCORE_CHUNK = 64
+# Sentences per slice of a scoring request. Before slicing, one request held the logits of all
+# its rows at once: 5,000 PTB sentences took 4.3 GB with a 2,000-word vocabulary, and 20,000
+# overflowed a kernel's int32 index and crashed the server (bench/serving_memory.py).
+SCORE_ROWS = 256
 MAX_GENERATE_WORDS = 1000
 TOP_K = 10
+
+
+def check_score_rows(score_rows) -> int:
+  try:
+    rows = operator.index(score_rows)   # an integer of any kind; 2.5 is not
+  except TypeError:
+    rows = 0
+  if rows < 1:
+    raise UserError(f"--score_rows must be a positive number of sentences, got {score_rows!r}")
+  return rows
+
+
+def in_row_slices(fn, sentences, rows: int, dtypes: dict) -> dict:
+  """fn(sentences[lo:lo + rows], slice index) -> {name: [n] tensor}, run on one slice after
+  another of a batch and concatenated: what fn gives for the whole batch, in the memory of
+  `rows` sentences. dtypes: {name: dtype} of fn's outputs."""
+  batch = tf.shape(sentences)[0]
+  # An empty batch is one empty slice: every signature answers an empty request in kind.
+  count = tf.maximum((batch + rows - 1) // rows, 1)
+
+  def body(j, arrays):
+    out = fn(sentences[j * rows:(j + 1) * rows], j)
+    return j + 1, {k: arrays[k].write(j, out[k]) for k in arrays}
+  arrays = {k: tf.TensorArray(d, size=count, infer_shape=False, element_shape=[None])
+            for k, d in dtypes.items()}
+  # parallel_iterations=1: the slices are independent, so TensorFlow would otherwise run up to
+  # ten of them at once, and hold ten slices' logits.
+  _, arrays = tf.while_loop(lambda j, _: j < count, body, (tf.constant(0), arrays),
+                            parallel_iterations=1)
+  return {k: a.concat() for k, a in arrays.items()}
+
+
+def check_temperature(temperature):
+  """A request error for a temperature that is negative, NaN (which compares false with
+  everything, so `>= 0` alone would let it through to sample on NaN logits) or infinite."""
+  return tf.debugging.Assert(tf.math.is_finite(temperature) & (temperature >= 0.0),
+                            ["temperature must be >= 0 and finite (0 = greedy), got", temperature])
 
 
 def vocab_tables(vocab, vocab_asset_path: str):
@@ -70,9 +121,10 @@ def vocab_tables(vocab, vocab_asset_path: str):
 class LanguageModelServer(tf.Module):
   """The exported object: the model's variables, the vocabulary tables and the signatures."""
 
-  def __init__(self, model, vocab, vocab_asset_path: str):
+  def __init__(self, model, vocab, vocab_asset_path: str, score_rows: int = SCORE_ROWS):
     super().__init__(name="lm_server")
     self.model = model
+    self.score_rows = check_score_rows(score_rows)
     config = model.config
     self.char_cnn = config.input == "char_cnn"
     self.max_word_length = config.max_word_length
@@ -117,12 +169,19 @@ class LanguageModelServer(tf.Module):
       logits = tf.einsum("btp,vp->btv", h[:, lo:lo + SCORE_CHUNK], w) + b
       nll = tf.nn.sparse_softmax_cross_entropy_with_logits(targets[:, lo:lo + SCORE_CHUNK], logits)
       return i + 1, total - tf.reduce_sum(nll * weights[:, lo:lo + SCORE_CHUNK], axis=1)
+    # One chunk's logits at a time: a chunk's do not depend on the running total, so with the
+    # default parallel_iterations several chunks' logits would be live together.
     _, total = tf.while_loop(lambda i, _: i < chunks, body,
-                             (tf.constant(0), tf.zeros([tf.shape(h)[0]])))
+                             (tf.constant(0), tf.zeros([tf.shape(h)[0]])), parallel_iterations=1)
     return total
 
   # ---------------------------------------------------------------- signatures
   def _score(self, sentences):
+    return in_row_slices(self._score_rows, sentences, self.score_rows,
+                         {"log_prob": tf.float32, "num_tokens": tf.int32, "perplexity": tf.float32})
+
+  def _score_rows(self, sentences, index):
+    del index   # scoring is deterministic: a slice's place in the batch does not matter
     words = tf.strings.split(sentences)                     # ragged [B, None], on whitespace
     ids = tf.ragged.map_flat_values(self._ids, words)
     batch = tf.shape(sentences)[0]
@@ -139,8 +198,7 @@ class LanguageModelServer(tf.Module):
             "perplexity": tf.exp(-log_prob / tf.cast(lengths, tf.float32))}
 
   def _generate(self, prompt, max_words, temperature, seed):
-    tf.debugging.assert_greater_equal(temperature, 0.0,
-                                      message="temperature must be >= 0 (0 = greedy)")
+    check_temperature(temperature)
     count = tf.clip_by_value(max_words, 0, MAX_GENERATE_WORDS)
     model = self.model
 
@@ -178,6 +236,9 @@ class LanguageModelServer(tf.Module):
   def _step(self, words, state):
     tf.debugging.assert_equal(tf.shape(state), tf.stack([tf.shape(words)[0], self.state_size]),
                               message=f"state must be [batch, {self.state_size}], one row per word")
+    # A NaN or infinite state gives all-NaN log_probs and top_words ranked on NaN: refuse it.
+    state = tf.debugging.assert_all_finite(
+        state, "state must be finite (pass back the state a step returned; zeros start a text)")
     logits, new_state = self.model.logits(self._ids(words)[:, None], self._unpack(state))
     log_probs = tf.nn.log_softmax(logits[:, 0, :])
     top = tf.math.top_k(log_probs, k=min(TOP_K, self.vocab_size))
@@ -198,17 +259,19 @@ def next_version(export_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
-def export(workdir: str, export_dir: str) -> tuple[str, str]:
+def export(workdir: str, export_dir: str, score_rows: int = SCORE_ROWS) -> tuple[str, str]:
   """Writes the workdir's newest checkpoint as export_dir/<next version>; returns that
-  directory and the checkpoint it holds."""
+  directory and the checkpoint it holds. score_rows: sentences per slice of a scoring request
+  (its memory: the module docstring)."""
   from tfsys.train.evaluate import load_trained
+  check_score_rows(score_rows)   # before the minutes of loading a large model
   config, vocab, model, checkpoint = load_trained(workdir)
   try:
     os.makedirs(export_dir, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create the export directory {export_dir}: {e.strerror}") from None
   with tempfile.TemporaryDirectory(dir=export_dir, prefix=".tmp-") as tmp:
-    server = in_process_server(model, vocab, tmp, config.data.get("max_length", 0))
+    server = in_process_server(model, vocab, tmp, config.data.get("max_length", 0), score_rows)
     staging = os.path.join(tmp, "model")
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)  # one INFO line per renamed graph input
@@ -251,7 +314,8 @@ def score_sentences(score, sentences: list[str], batch_size: int = 64) -> dict:
   return {"loss": nll, "perplexity": float(tf.exp(nll)), "num_tokens": tokens}
 
 
-def in_process_server(model, vocab, tmp_dir: str, max_length: int = 0):
+def in_process_server(model, vocab, tmp_dir: str, max_length: int = 0,
+                      score_rows: int = SCORE_ROWS):
   """The serving module over a model in memory (what export() saves), for the same scores.
   Sentence models (the VAE) get tfsys/export_vae.py's contract; max_length is their
   data.max_length."""
@@ -260,5 +324,5 @@ def in_process_server(model, vocab, tmp_dir: str, max_length: int = 0):
     f.write("".join(w + "\n" for w in vocab.words))
   if model.data_layout == "sentences":
     from tfsys.export_vae import SentenceVAEServer
-    return SentenceVAEServer(model, vocab, vocab_path, max_length)
-  return LanguageModelServer(model, vocab, vocab_path)
+    return SentenceVAEServer(model, vocab, vocab_path, max_length, score_rows)
+  return LanguageModelServer(model, vocab, vocab_path, score_rows)

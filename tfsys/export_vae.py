@@ -27,19 +27,30 @@ outside the vocabulary read as <unk>, and a sentence longer than the model's max
 An RNNLM (latent_dim 0) exports serving_default/score (iw_nll is then its exact NLL and kl 0)
 and sample (temperature sampling from the empty state); it has no code to encode or decode.
 A generated sentence has at most max_length words.
+
+Request errors (InvalidArgumentError naming the input): a temperature that is negative, NaN or
+infinite; a z of another size, or with a NaN or infinite entry (it would decode to whatever
+argmax makes of NaN logits); a negative count; fewer than 2 steps.
+
+A scoring request is scored `score_rows` sentences at a time, as the language models' are
+(tfsys/export.py): its memory does not grow with its size. The importance samples are drawn
+per slice: slice j from the seed (0, j × IW_SAMPLES), so a request of at most score_rows
+sentences draws exactly what it drew before slicing, and every slice draws its own.
 """
 import tensorflow as tf
 
-from tfsys.export import vocab_tables
+from tfsys.export import SCORE_ROWS, check_score_rows, check_temperature, in_row_slices, vocab_tables
 
 IW_SAMPLES = 100   # importance samples of the exported bound (eval.iw_samples is for training)
 
 
 class SentenceVAEServer(tf.Module):
 
-  def __init__(self, model, vocab, vocab_asset_path: str, max_length: int):
+  def __init__(self, model, vocab, vocab_asset_path: str, max_length: int,
+               score_rows: int = SCORE_ROWS):
     super().__init__(name="vae_server")
     self.model = model
+    self.score_rows = check_score_rows(score_rows)
     self.max_length = max_length
     self.latent_dim = model.latent_dim
     self.eos_id = vocab.eos_id
@@ -88,8 +99,7 @@ class SentenceVAEServer(tf.Module):
     return tf.strings.reduce_join(words, axis=1, separator=" ")
 
   def _generate(self, z, temperature, seed):
-    tf.debugging.assert_greater_equal(temperature, 0.0,
-                                      message="temperature must be >= 0 (0 = greedy)")
+    check_temperature(temperature)
     batch = tf.shape(z)[0]
     state = self.model.decoder_state(z, batch)
     ids = self.model.decode(z, state, tf.fill([batch], self.eos_id), self.max_length,
@@ -98,9 +108,17 @@ class SentenceVAEServer(tf.Module):
 
   # ---------------------------------------------------------------- signatures
   def _score(self, sentences):
+    return in_row_slices(self._score_rows, sentences, self.score_rows, {
+        "iw_nll": tf.float32, "elbo": tf.float32, "kl": tf.float32,
+        "reconstruction_nll": tf.float32, "num_tokens": tf.int32, "perplexity": tf.float32,
+        "truncated": tf.bool})
+
+  def _score_rows(self, sentences, index):
     batch, truncated = self._batch(sentences)
-    out = self.model.evaluate_batch(batch, IW_SAMPLES if self.latent_dim else 1,
-                                    tf.constant([0, 0]))
+    samples = IW_SAMPLES if self.latent_dim else 1
+    # Sample i of slice j uses the seed (0, j × samples + i): slices never share noise, and
+    # slice 0 draws what the whole batch drew before scoring was sliced.
+    out = self.model.evaluate_batch(batch, samples, tf.stack([0, index * samples]))
     iw_nll = -out["log_px"]
     tokens = batch["lengths"]
     return {"iw_nll": iw_nll, "elbo": out["elbo"], "kl": out["kl"],
@@ -117,6 +135,7 @@ class SentenceVAEServer(tf.Module):
                                       message=f"z must be [batch, {self.latent_dim}]")
     with tf.control_dependencies([check]):   # this message, before ensure_shape's own
       z = tf.ensure_shape(tf.identity(z), [None, self.latent_dim])
+    z = tf.debugging.assert_all_finite(z, "z must be finite")
     return {"text": self._generate(z, temperature, seed)}
 
   def _sample(self, count, temperature, seed):

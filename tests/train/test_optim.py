@@ -52,6 +52,100 @@ def test_bad_schedules(kw, msg):
     LearningRate(_optim(**kw), global_batch=1)
 
 
+def test_plateau_stops_at_the_floor_and_says_so_once(caplog):
+  lr = LearningRate(_optim(learning_rate=1.0, schedule="plateau", plateau_threshold=1.0,
+                           min_learning_rate=0.2), global_batch=20)
+  lr.after_eval(100.0)
+  with caplog.at_level("INFO"):
+    assert lr.after_eval(100.0) and float(lr(0)) == pytest.approx(0.5)
+    assert lr.after_eval(100.0) and float(lr(0)) == pytest.approx(0.25)
+    assert lr.after_eval(100.0)          # 0.125 would be below the floor: clamped to it
+    assert float(lr(0)) == pytest.approx(0.2)
+    for _ in range(5):                   # stalls at the floor lower nothing
+      assert not lr.after_eval(100.0)
+    assert float(lr(0)) == pytest.approx(0.2)
+  floor_lines = [r for r in caplog.records if "at its floor" in r.getMessage()]
+  assert len(floor_lines) == 1 and "--config.optim.min_learning_rate" in floor_lines[0].getMessage()
+  assert not lr.after_eval(50.0) and float(lr(0)) == pytest.approx(0.2)   # an improvement: kept
+
+
+def test_the_default_floor_keeps_a_long_run_above_zero():
+  # The issue: ~150 halvings of a float32 rate reach exactly 0, and training goes on doing nothing.
+  stalled = lambda lr: [lr.after_eval(100.0) for _ in range(300)]  # noqa: E731
+  lr = LearningRate(_optim(learning_rate=1.0, schedule="plateau"), global_batch=20)
+  stalled(lr)
+  assert float(lr(0)) == pytest.approx(common.base_config().optim.min_learning_rate, rel=1e-6)
+  without = LearningRate(_optim(learning_rate=1.0, schedule="plateau", min_learning_rate=0.0),
+                         global_batch=20)
+  stalled(without)
+  assert float(without(0)) == 0.0      # 0 asks for no floor: the old schedule
+
+
+def test_the_floor_is_on_the_scaled_rate_and_warmup_still_starts_below_it():
+  # Peak = 0.1 × 1024 / 256 = 0.4; the floor is an absolute rate, not a fraction of it.
+  lr = LearningRate(_optim(learning_rate=0.1, scale_lr_with_batch=True, base_batch=256,
+                           warmup_steps=10, schedule="plateau", min_learning_rate=0.3),
+                    global_batch=1024)
+  assert float(lr(0)) == pytest.approx(0.04)    # warm-up is not the plateau decay
+  lr.after_eval(100.0)
+  assert lr.after_eval(100.0) and float(lr(1000)) == pytest.approx(0.3)
+
+
+def test_a_config_from_before_the_floor_gets_the_default():
+  import json
+  import ml_collections
+  from tfsys.train.optim import MIN_LEARNING_RATE
+  assert common.base_config().optim.min_learning_rate == MIN_LEARNING_RATE
+  old = json.loads(common.base_config().optim.to_json())
+  del old["min_learning_rate"]     # config.json of a workdir written before the field
+  old.update(schedule="plateau", learning_rate=1.0)
+  lr = LearningRate(ml_collections.ConfigDict(old), global_batch=20)
+  for _ in range(300):
+    lr.after_eval(100.0)
+  assert float(lr(0)) == pytest.approx(MIN_LEARNING_RATE, rel=1e-6)
+
+
+def test_a_checkpoint_decayed_to_zero_resumes_at_the_floor(tmp_path):
+  # The checkpoint layout is unchanged: the variables of a schedule written before the floor
+  # (decay, best_eval) restore one for one, and a decay already halved to 0 trains at the floor.
+  import tensorflow as tf
+
+  class Before(tf.Module):
+    def __init__(self):
+      super().__init__(name="learning_rate")
+      self.decay = tf.Variable(0.0, trainable=False, name="decay")
+      self.best_eval = tf.Variable(123.0, trainable=False, name="best_eval")
+
+  path = tf.train.Checkpoint(learning_rate=Before()).write(
+      str(tmp_path / "ckpt"))
+  lr = LearningRate(_optim(learning_rate=1.0, schedule="plateau", min_learning_rate=0.01),
+                    global_batch=20)
+  tf.train.Checkpoint(learning_rate=lr).read(path).assert_consumed()
+  assert float(lr.best_eval.numpy()) == 123.0
+  assert float(lr(0)) == pytest.approx(0.01)
+  assert not lr.after_eval(200.0) and float(lr(0)) == pytest.approx(0.01)
+  assert float(lr.decay.numpy()) == pytest.approx(0.01)   # and the next checkpoint holds it
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"min_learning_rate": -1e-3}, "must be >= 0"),
+    ({"min_learning_rate": float("nan")}, "must be >= 0"),
+    ({"min_learning_rate": 2.0}, "above the peak learning rate 1"),
+    ({"min_learning_rate": 0.5, "scale_lr_with_batch": True, "base_batch": 40},
+     r"above the peak learning rate 0.25 \(scaled with the batch")])
+def test_bad_floors(kw, msg):
+  with pytest.raises(UserError, match=msg) as e:
+    LearningRate(_optim(learning_rate=0.5 if "base_batch" in kw else 1.0, schedule="plateau", **kw),
+                 global_batch=20)
+  assert "--config.optim.min_learning_rate" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_constant_rate_below_the_default_floor_is_fine():
+  # The floor bounds the plateau decay only: its default must not reject a small constant rate.
+  lr = LearningRate(_optim(learning_rate=1e-7), global_batch=20)
+  assert not lr.after_eval(1.0) and float(lr(0)) == pytest.approx(1e-7)
+
+
 def _step(name, grad, value=(1.0, 2.0), steps=1, **kw):
   import tensorflow as tf
   opt = make_optimizer(_optim(name=name, **kw))

@@ -8,14 +8,27 @@ The learning rate at a step is
 
 `decay` is a variable (checkpointed): the plateau schedule multiplies it by `plateau_factor`
 after an evaluation whose perplexity improved on the best so far by less than
-`plateau_threshold`, as Kim et al. halve their rate when validation perplexity stalls.
+`plateau_threshold`, as Kim et al. halve their rate when validation perplexity stalls, but never
+takes base_lr × scale × decay below `min_learning_rate`. A run whose rate reached that floor
+goes on at it to the end (train.num_steps or num_epochs), saying once that it got there: it may
+still improve slowly, and stopping is the step count's job.
 """
+import math
+
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfsys.errors import UserError
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 SCHEDULES = ("constant", "plateau")
+# The default of optim.min_learning_rate (configs/common.py), also for configs written before
+# the field existed. Absolute: the field is one number for every config and optimizer. 1e-6 is
+# 20 halvings below SGD's 1.0 and 10 below Adam's 1e-3, where these runs have long stopped
+# improving, yet it is not 0, which a float32 rate halved without a floor reaches after ~150
+# stalls, to train on doing nothing. 0 gives back the schedule without a floor.
+MIN_LEARNING_RATE = 1e-6
 
 
 def _dedup(grad: tf.IndexedSlices) -> tf.IndexedSlices:
@@ -144,22 +157,46 @@ class LearningRate(tf.Module):
     self.config = c
     scale = global_batch / c.base_batch if c.scale_lr_with_batch else 1.0
     self.peak = c.learning_rate * scale
+    self.min_rate = float(c.get("min_learning_rate", MIN_LEARNING_RATE))
+    if not (math.isfinite(self.min_rate) and self.min_rate >= 0):
+      raise UserError(f"--config.optim.min_learning_rate must be >= 0 (0 = no floor), "
+                      f"got {self.min_rate}")
+    # Only the plateau schedule lowers the rate: under a constant one the floor is unused, and
+    # its default must not reject a rate set below it.
+    if c.schedule == "plateau" and self.min_rate > self.peak:
+      scaled = f" (scaled with the batch: × {scale:g})" if scale != 1.0 else ""
+      raise UserError(f"--config.optim.min_learning_rate={self.min_rate:g} is above the peak "
+                      f"learning rate {self.peak:g}{scaled}, where the plateau schedule starts: "
+                      "give a floor at most the peak")
+    # The floor as a decay, rounded to float32 once so that the variable holds it exactly.
+    self.min_decay = float(np.float32(min(self.min_rate / self.peak, 1.0)))
+    self._floor_logged = False
+    # The checkpoint holds these two variables only, as before the floor existed.
     self.decay = tf.Variable(1.0, trainable=False, name="decay")
     self.best_eval = tf.Variable(float("inf"), trainable=False, name="best_eval")
 
   def __call__(self, step):
-    lr = self.peak * self.decay
+    # The floor applies here too: a decay restored from a checkpoint written without a floor
+    # (one halved to 0, say) trains at the floor from the first step of the resumed run.
+    lr = self.peak * tf.maximum(self.decay, self.min_decay)
     if self.config.warmup_steps:
       frac = tf.cast(step + 1, tf.float32) / float(self.config.warmup_steps)
       lr *= tf.minimum(1.0, frac)
     return lr
 
   def after_eval(self, perplexity: float) -> bool:
-    """Updates the plateau decay; returns True if the rate was lowered."""
+    """Updates the plateau decay; returns True if the rate was lowered (False once it is at
+    its floor: a stall there changes nothing)."""
     lowered = False
     if self.config.schedule == "plateau":
       if float(self.best_eval.numpy()) - perplexity < self.config.plateau_threshold:
-        self.decay.assign(self.decay * self.config.plateau_factor)
-        lowered = True
+        current = max(float(self.decay.numpy()), self.min_decay)
+        new = max(current * self.config.plateau_factor, self.min_decay)
+        self.decay.assign(new)
+        lowered = new < current
+        if new <= self.min_decay and not self._floor_logged:
+          self._floor_logged = True
+          logging.info("learning rate at its floor %g (--config.optim.min_learning_rate): "
+                       "training goes on at it, later plateaus leave it there", self.min_rate)
     self.best_eval.assign(min(float(self.best_eval.numpy()), perplexity))
     return lowered
