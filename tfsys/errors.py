@@ -93,6 +93,9 @@ def exit_now(message: str, status: int) -> None:
   other threads may be blocked in a remote call (a ps, a collective) that would hold a normal
   exit."""
   print(f"error: {message}", file=sys.stderr, flush=True)
+  workdir = sys.modules.get("tfsys.train.workdir")
+  if workdir is not None:
+    workdir.release_all()   # the workdir's hold, which os._exit would leave to go stale
   os._exit(status)  # pylint: disable=protected-access
 
 

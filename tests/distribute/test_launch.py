@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tfsys.distribute.launch import LocalCluster, RestartPolicy, cluster_spec, policy_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -136,18 +134,24 @@ def test_a_real_cluster_survives_a_worker_kill_and_a_ps_kill(tmp_path):
   restarted alone; ps0 SIGKILLed restarts the cluster, which resumes from the checkpoint and
   finishes: results.json, and exactly one step record per step."""
   workdir = str(tmp_path / "run")
-  steps = 80
+  steps = 250   # with 100 ms of (simulated) compute per step: time for worker1 to rejoin
   launcher = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
        "--num_workers=3", "--", os.path.join(ROOT, "scripts", "train.py"),
        f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke", f"--workdir={workdir}",
        "--config.distribute.backend=sync_backup", "--config.distribute.replicas_to_aggregate=2",
        "--config.distribute.total_num_replicas=3", f"--config.train.num_steps={steps}",
-       "--config.train.checkpoint_every=10", "--config.eval.max_tokens=100"],
+       "--config.train.checkpoint_every=10", "--config.eval.max_tokens=100",
+       "--config.distribute.straggler.compute_ms=100"],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
   try:
     _wait(lambda: len(_records(workdir)) >= 15, 180, "15 steps", launcher)
     os.killpg(_pid(workdir, "worker1"), 9)
+    killed_at = len(_records(workdir))
+    # The restarted worker1 rejoins and is used again, with no step lost meanwhile.
+    _wait(lambda: any(1 in r["used"] for r in _records(workdir)[killed_at + 2:]), 180,
+          "worker1 to be used again", launcher)
+    assert "resuming" not in open(os.path.join(workdir, "logs", "chief0.log")).read()
     _wait(lambda: len(_records(workdir)) >= 40, 180, "40 steps", launcher)
     os.killpg(_pid(workdir, "ps0"), 9)
     out, _ = launcher.communicate(timeout=300)

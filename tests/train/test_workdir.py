@@ -68,6 +68,14 @@ def test_a_live_holder_on_another_host_is_refused_until_its_heartbeat_is_stale(t
   assert not os.path.exists(lock_file)
 
 
+def test_a_holder_with_our_pid_on_another_host_is_not_us(tmp_path):
+  """pids repeat across hosts (containers start at 1): only host, boot, pid and start time
+  together make a hold this process's own."""
+  _holder(tmp_path, host="other-host", command="train.py on another host")
+  with pytest.raises(WorkdirBusyError, match="other-host"):
+    workdir.WorkdirLock(str(tmp_path), stale_secs=60).acquire()
+
+
 def test_a_dead_or_reused_pid_on_this_host_is_a_stale_hold(tmp_path):
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)

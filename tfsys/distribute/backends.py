@@ -73,7 +73,9 @@ class Backend:
              "(--config.distribute.collective_timeout_secs)")
     else:
       why = error_summary(e)
-    who = ", ".join(gone) or ", ".join(named) or "a peer"
+    if not gone and not named and not isinstance(e, tf.errors.DeadlineExceededError):
+      return None   # nobody is missing: an error of our own, not a lost peer
+    who = ", ".join(gone) or ", ".join(named)
     return TaskLostError(
         f"[{self.cluster.name}] lost {who} of the all-reduce ({type(e).__name__}: {why}); "
         "exiting. multi_worker cannot go on without a worker: relaunch the cluster to resume "

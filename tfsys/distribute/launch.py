@@ -8,6 +8,7 @@ checkpoint, up to `restarts` times in all (RestartPolicy); then the failing task
 returned. On SIGTERM every task is asked to save and stop; on Ctrl-C every child is killed and
 reaped.
 """
+import ctypes
 import dataclasses
 import json
 import os
@@ -312,14 +313,17 @@ class LocalCluster:
       print(f"[launcher] {message}", flush=True)
 
 
+try:   # loaded here, not in the forked child (preexec_fn runs between fork and exec)
+  _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+  _PRCTL = None   # not Linux
+
+
 def _die_with_parent() -> None:
   """In a task, before exec: Linux SIGKILLs it when the launcher dies, even by SIGKILL, so that
   no task outlives its supervisor (a new launcher's tasks would meet it on the ps)."""
-  try:
-    import ctypes   # pylint: disable=import-outside-toplevel
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
-  except (OSError, AttributeError):
-    pass   # not Linux: a killed launcher leaves its tasks to be stopped by hand
+  if _PRCTL is not None:
+    _PRCTL(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
 
 
 def _split_name(name: str) -> tuple[str, int]:

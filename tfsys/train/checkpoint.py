@@ -28,6 +28,8 @@ class Checkpointer:
     self.checkpoint = tf.train.Checkpoint(**objects)
     self._objects = objects
     self._write_dir = self.directory if is_chief else os.path.join(workdir, f"tmp_{task_name}")
+    if not is_chief:   # this task's scratch copy from a run that was killed: never read
+      shutil.rmtree(self._write_dir, ignore_errors=True)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self._write_dir, max_to_keep=keep)
 
   @property

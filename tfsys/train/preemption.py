@@ -9,10 +9,15 @@ trainer that saves then loses nothing: the relaunch resumes at exactly the step 
                                    notice at the same step and all save it together (a save
                                    there is collective). TensorFlow's PreemptionCheckpointHandler
                                    reaches the same agreement through the coordination service.
-  sync_backup, async_ps chief      like Ctrl-C (ps_loop._CtrlC): the stretch of steps on the ps
-                                   stops after the step under way, which is recorded and saved.
+  sync_backup chief                like Ctrl-C (ps_loop._CtrlC): the stretch of steps on the ps
+                                   stops after the step under way, which is recorded and saved;
+                                   its workers then exit 75 (the token queues closed early).
+  async_ps chief                   SigTerm is raised; the chief stops the workers (they watch a
+                                   marker on ps0), waits for the global step to settle and saves.
   sync_backup, async_ps worker     exits at once: it holds no state (a gradient in flight is not
                                    committed). Under sync_backup the others go on without it.
+  ps task                          serves on until the chief is gone (it saves from the ps), at
+                                   most 60 s, then exits 75.
 """
 import signal
 import threading
@@ -26,7 +31,7 @@ class SigTerm(KeyboardInterrupt):
 
 
 class Preemption:
-  """Records SIGTERM in the main thread; `check(step, save)` saves and raises PreemptedError."""
+  """Records SIGTERM in the main thread as `requested`; the loop reads it between steps."""
 
   def __init__(self):
     self.requested = False

@@ -137,13 +137,25 @@ class PSWatch:
                               "(--config.distribute.ps_timeout_secs)")
 
 
-def serve(backend) -> None:
-  """A ps task: serves the shared state until it is killed (by the launcher or the cluster)."""
+def serve(backend, grace_secs: float = 60.0) -> None:
+  """A ps task: serves the shared state until it is killed (by the launcher or the cluster).
+
+  On SIGTERM (the whole job preempted: every task gets one) it serves on while the chief saves
+  the step under way from it, until the chief is gone or for grace_secs, then exits 75.
+  """
   cluster = backend.cluster
   server = tf.distribute.Server(tf.train.ClusterSpec(cluster.jobs), job_name="ps",
                                 task_index=cluster.task_index, protocol="grpc", start=True)
   logging.info("[%s] parameter server up at %s", cluster.name, server.target)
-  server.join()
+  terminated = []
+  signal.signal(signal.SIGTERM, lambda *_: terminated.append(time.monotonic()))
+  chief = backend.ps.chief_address
+  while True:   # the server runs in its own threads; this one only watches
+    time.sleep(0.5)
+    if terminated and (time.monotonic() - terminated[0] > grace_secs
+                       or not cluster_lib.reachable(chief, timeout=1.0)):
+      exit_now(f"[{cluster.name}] preempted (SIGTERM): the chief is done with this parameter "
+               "server; exiting", EXIT_PREEMPTED)
 
 
 class Straggler:
@@ -288,6 +300,23 @@ class SharedState:
       if int(self._started_size()) == 0:
         tf.raw_ops.QueueEnqueueV2(handle=self.started_queue, components=[tf.constant(1, tf.int64)])
 
+  def mark_stopped(self) -> None:
+    """Withdraws the started marker: async workers stop before their next update."""
+    with tf.device(self.devices[0]):
+      tf.raw_ops.QueueDequeueUpToV2(handle=self.started_queue, n=self._started_size(),
+                                    component_types=[tf.int64])
+
+  def settled_step(self, quiet_secs: float = 0.5, limit_secs: float = 10.0) -> int:
+    """The global step once it has not moved for quiet_secs (the last updates in flight have
+    landed), or after limit_secs."""
+    step, since, t0 = int(self.read_step()), time.monotonic(), time.monotonic()
+    while time.monotonic() - since < quiet_secs and time.monotonic() - t0 < limit_secs:
+      time.sleep(0.05)
+      now = int(self.read_step())
+      if now != step:
+        step, since = now, time.monotonic()
+    return step
+
 
 class _Call:
   """fn() run in a daemon thread, waited for with `wait`.
@@ -366,6 +395,8 @@ class _CtrlC:
 
   def _handler(self, signum, frame):
     del frame
+    if signum == signal.SIGTERM and self.requested:
+      return   # a repeated notice (a launcher passing one on): only a second Ctrl-C insists
     again, self.requested = self.requested, True
     if signum == signal.SIGTERM:
       self._kind = SigTerm
@@ -733,10 +764,15 @@ class SyncChief:
     finally:
       self._ctrl_c.uninstall()
       record.close()
-      try:
-        self._close()  # workers blocked on a token see the end and exit
-      except tf.errors.OpError as e:   # the ps is gone: the error that ended the run goes first
-        logging.info("[chief] could not close the token queues: %s", type(e).__name__)
+      # Workers blocked on a token see the end and exit. In a thread, waited for 10 s at most:
+      # with ps0's host unreachable the call could block, and the error that ended the run
+      # (raised after this) goes first.
+      closing = _Call(self._close)
+      if closing._done.wait(10.0):   # pylint: disable=protected-access
+        try:
+          closing.result()
+        except tf.errors.OpError as e:
+          logging.info("[chief] could not close the token queues: %s", type(e).__name__)
     logging.info("[chief] gradients used per worker %s, dropped per worker %s",
                  used_by.tolist(), dropped_by.tolist())
     s.params.pull(r.variables)
@@ -811,7 +847,9 @@ def write_step_graph(r: Run, shared: SharedState) -> None:
 
 
 def _raise_sigterm(signum, frame):
-  del signum, frame
+  """The async chief's SIGTERM: raised once; a repeated notice must not cut its save short."""
+  del frame
+  signal.signal(signum, signal.SIG_IGN)
   raise SigTerm
 
 
@@ -1014,6 +1052,10 @@ class AsyncWorker(_Worker):
     while step < self.r.total_steps:
       flats, loss, secs = self._gradient(cursor)
       cursor += 1
+      if not self.s.started():   # the chief stopped the run early (preempted, interrupted)
+        exit_now(f"[{self.name}] the chief stopped training at step {int(self.s.read_step())} "
+                 f"of {self.r.total_steps} (preempted or interrupted); applied {applied} "
+                 "gradients. Relaunch the cluster to resume", EXIT_PREEMPTED)
       step = int(self._apply(flats, loss, secs))
       applied += 1
       if time.monotonic() - last_check > 2.0:
@@ -1082,6 +1124,10 @@ class AsyncChief:
         r.step_var.assign(step)   # the workers count steps on the ps; checkpoints need it here
         s.evaluate_and_save(step, evaluated, save)
     except KeyboardInterrupt as e:
+      # Stop the workers first (they watch the started marker), so that the parameters saved
+      # are those of the step recorded: updates in flight still land (at most one a worker).
+      s.mark_stopped()
+      step = s.settled_step()
       r.step_var.assign(step)
       s.evaluate_and_save(step, evaluated=False, save=True)
       if isinstance(e, SigTerm):

@@ -113,9 +113,10 @@ def remove_leftovers(workdir: str) -> list[str]:
   """Removes what a write interrupted by a kill or a full disk leaves: TensorFlow's
   `checkpoints/ckpt-N_temp/` directories (a save renames its files out of them only when
   complete, and lists ckpt-N in the `checkpoint` index only after that), `*.tmp` files of our
-  atomic JSON writes and writability probes. Call only while holding the workdir (WorkdirLock):
+  atomic JSON(L) writes. Call only while holding the workdir (WorkdirLock):
   another live trainer's temporaries would look the same. Returns what was removed."""
-  patterns = ["checkpoints/*_temp", "checkpoints/checkpoint.tmp*", "*.json.tmp", ".write_test*"]
+  # (Not .write_test* probes: a worker may be making its own right now, and it removes it.)
+  patterns = ["checkpoints/*_temp", "checkpoints/checkpoint.tmp*", "*.json.tmp", "*.jsonl.tmp"]
   removed = []
   for pattern in patterns:
     for path in sorted(glob.glob(os.path.join(workdir, pattern))):
@@ -242,6 +243,10 @@ class WorkdirLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
         holder = self._read(fd)
+        deadline = time.monotonic() + 2.0
+        while not holder and time.monotonic() < deadline:   # it is writing its record now
+          time.sleep(0.05)
+          holder = self._read(fd)
         os.close(fd)
         raise self._busy(holder) from None
       except OSError:
@@ -254,7 +259,8 @@ class WorkdirLock:
         os.close(fd)
         continue
       holder = self._read(fd)
-      if holder and holder.get("pid") != os.getpid():
+      mine = all(holder.get(k) == self.me[k] for k in ("host", "boot_id", "pid", "process_start"))
+      if holder and not mine:   # (this very process's earlier hold is its own to take)
         self._check_stale(fd, holder)
       self._fd = fd
       break
@@ -266,7 +272,9 @@ class WorkdirLock:
     except OSError as e:
       self.release()
       raise storage_error(self.path, e) from None
-    self._thread = threading.Thread(target=self._heartbeat, daemon=True, name="workdir-lock")
+    # The thread touches its own copy of the descriptor: release() may close ours meanwhile.
+    self._thread = threading.Thread(target=self._heartbeat, args=(os.dup(self._fd),),
+                                    daemon=True, name="workdir-lock")
     self._thread.start()
     _HELD[os.path.realpath(self.path)] = self
     atexit.register(self.release)
@@ -289,18 +297,23 @@ class WorkdirLock:
     logging.warning("taking over %s from a trainer that died (%s): %s", self.path, why,
                     self._describe(holder))
 
-  def _heartbeat(self) -> None:
-    while not self._stop.wait(self.heartbeat_secs):
-      try:
-        os.utime(self._fd)
-      except OSError:
-        pass   # a full or failing disk: the run itself will say so
+  def _heartbeat(self, fd: int) -> None:
+    try:
+      while not self._stop.wait(self.heartbeat_secs):
+        try:
+          os.utime(fd)
+        except OSError:
+          pass   # a full or failing disk: the run itself will say so
+    finally:
+      os.close(fd)
 
   def release(self) -> None:
     """Removes the hold (at the end of the run; a killed holder's hold is recognised stale)."""
     if self._fd is None:
       return
     self._stop.set()
+    if self._thread is not None and self._thread is not threading.current_thread():
+      self._thread.join(timeout=5.0)
     try:
       if self._read(self._fd).get("pid") == os.getpid():
         os.remove(self.path)   # while still holding the flock: see the inode check in acquire
@@ -312,6 +325,13 @@ class WorkdirLock:
 
 
 _HELD: dict[str, WorkdirLock] = {}   # the holds of this process, by lock file
+
+
+def release_all() -> None:
+  """Releases this process's holds: for an exit that skips atexit (tfsys.errors.exit_now), so
+  that a relaunched chief, maybe on another host, need not wait for the heartbeat to go stale."""
+  for lock in list(_HELD.values()):
+    lock.release()
 
 
 def hold(workdir: str) -> WorkdirLock:
