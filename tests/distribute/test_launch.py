@@ -148,7 +148,12 @@ def test_a_real_cluster_survives_a_worker_kill_and_a_ps_kill(tmp_path):
     _wait(lambda: len(_records(workdir)) >= 15, 180, "15 steps", launcher)
     os.killpg(_pid(workdir, "worker1"), 9)
     killed_at = len(_records(workdir))
-    # The restarted worker1 rejoins and is used again, with no step lost meanwhile.
+    # With b = 1 training goes on without worker1 (the first records after the kill may still
+    # hold its last gradient) ...
+    _wait(lambda: len(_records(workdir)) >= killed_at + 8, 120, "steps without worker1", launcher)
+    assert all(len(r["used"]) == 2 for r in _records(workdir)[killed_at:])
+    assert all(1 not in r["used"] for r in _records(workdir)[killed_at + 3:killed_at + 8])
+    # ... and the restarted worker1 rejoins and is used again, with no step lost meanwhile.
     _wait(lambda: any(1 in r["used"] for r in _records(workdir)[killed_at + 2:]), 180,
           "worker1 to be used again", launcher)
     assert "resuming" not in open(os.path.join(workdir, "logs", "chief0.log")).read()

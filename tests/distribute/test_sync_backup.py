@@ -103,8 +103,11 @@ class _Tasks:
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": self.spec,
                                                   "task": {"type": job, "index": index}}))
     log = open(os.path.join(self.log_dir, f"{name}{tag}.log"), "w", encoding="utf-8")  # noqa: SIM115
+    # SIGINT back to its default (Python's KeyboardInterrupt) in case this test run inherited
+    # it ignored: a task is sent a Ctrl-C below.
     self.procs[name] = subprocess.Popen([sys.executable, *self.command], env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return self.procs[name]
 
   def log(self, name, tag=""):
@@ -129,7 +132,7 @@ def _wait(condition, timeout, what):
     time.sleep(0.2)
 
 
-def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
+def test_chief_loss_and_relaunch(tmp_path):
   workdir = str(tmp_path / "run")
   settings = [*TRAIN, f"--workdir={workdir}", *SYNC, "--config.train.checkpoint_every=25",
               "--config.eval.every_steps=100000", "--config.distribute.chief_timeout_secs=3"]
@@ -141,21 +144,8 @@ def test_worker_loss_restart_chief_loss_and_relaunch(tmp_path):
     for job, n in (("ps", 1), ("chief", 1), ("worker", 3)):
       for i in range(n):
         tasks.start(job, i)
-    # The chief flushes its step record after every stretch of steps it runs on the ps.
+    # (A worker's death, rejoin and use again under b = 1: tests/distribute/test_launch.py.)
     _wait(lambda: len(steps()) >= 25, 120, "25 steps")
-    tasks.kill("worker1")
-    killed_at = len(steps())
-    # With b = 1 training goes on without worker1 ... (the record on disk lags the ps by up to
-    # a checkpoint interval and a poll, so steps soon after killed_at may still be worker1's)
-    _wait(lambda: len(steps()) >= killed_at + 75, 120, "75 steps without worker1")
-    after = steps()[killed_at + 25:]
-    assert len(after) >= 25 and all(1 not in r["used"] and len(r["used"]) == 2 for r in after)
-    # ... and a restarted worker1 joins the current step and contributes again.
-    tasks.start("worker", 1, tag="_restarted")
-    restarted_at = len(steps())
-    _wait(lambda: any(1 in r["used"] for r in steps()[restarted_at:]), 120, "worker1 to rejoin")
-    assert "joining at step" in tasks.log("worker1", "_restarted")
-
     # The chief dies: every worker exits by itself within the bound, saying why.
     tasks.kill("chief0")
     t0 = time.monotonic()
@@ -277,10 +267,14 @@ def test_async_ps_trains_with_every_worker_applying(tmp_path):
 @pytest.fixture
 def ctrl_c():
   from tfsys.train.ps_loop import _CtrlC
+  # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, which
+  # _CtrlC rightly leaves alone: these tests are about a terminal's Ctrl-C, so restore it.
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
   handler = _CtrlC()
   handler.install()
   yield handler
   handler.uninstall()
+  signal.signal(signal.SIGINT, inherited)
 
 
 class _PsLoop:
