@@ -139,13 +139,14 @@ def test_chief_loss_and_relaunch(tmp_path):
   tasks = _Tasks(cluster_spec(num_workers=3, num_ps=1),
                  [*settings, "--config.train.num_steps=100000"], str(tmp_path / "logs"))
   tasks2 = None
-  steps = lambda: _records(workdir) if os.path.exists(os.path.join(workdir, "sync_steps.jsonl")) else []
   try:
     for job, n in (("ps", 1), ("chief", 1), ("worker", 3)):
       for i in range(n):
         tasks.start(job, i)
     # (A worker's death, rejoin and use again under b = 1: tests/distribute/test_launch.py.)
-    _wait(lambda: len(steps()) >= 25, 120, "25 steps")
+    # (The step record is flushed every stretch, ahead of the checkpoint: wait for the latter.)
+    _wait(lambda: os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-25.index")), 120,
+          "the checkpoint of step 25")
     # The chief dies: every worker exits by itself within the bound, saying why.
     tasks.kill("chief0")
     t0 = time.monotonic()

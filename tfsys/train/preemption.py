@@ -48,7 +48,8 @@ class Preemption:
 
   def uninstall(self) -> None:
     if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+      # Preempted and on the way out: further notices must not cut the last line short.
+      signal.signal(signal.SIGTERM, signal.SIG_IGN if self.requested else self._previous)
       self._previous = None
 
 

@@ -417,6 +417,10 @@ class _CtrlC:
         self._previous[sig] = signal.signal(sig, self._handler)
 
   def uninstall(self) -> None:
+    if self._kind is SigTerm and signal.SIGTERM in self._previous:
+      # Preempted and on the way out: a repeated notice (the launcher passes one on while the
+      # chief writes its last line) must not kill it before it says where it saved.
+      self._previous[signal.SIGTERM] = signal.SIG_IGN
     for sig, previous in self._previous.items():
       # SIG_DFL is 0: test for None (a handler not set from Python), not for truth.
       signal.signal(sig, previous if previous is not None else
