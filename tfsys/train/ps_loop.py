@@ -346,6 +346,10 @@ class _Call:
   def done(self) -> bool:
     return self._done.is_set()
 
+  def finished_within(self, secs: float) -> bool:
+    """Waits up to `secs` for fn() to end; whether it did."""
+    return self._done.wait(secs)
+
   def result(self):
     """fn()'s result, or its exception raised here; only once `done`."""
     if "error" in self._result:
@@ -772,7 +776,7 @@ class SyncChief:
       # with ps0's host unreachable the call could block, and the error that ended the run
       # (raised after this) goes first.
       closing = _Call(self._close)
-      if closing._done.wait(10.0):   # pylint: disable=protected-access
+      if closing.finished_within(10.0):
         try:
           closing.result()
         except tf.errors.OpError as e:
