@@ -1,6 +1,6 @@
 """Words/s of our training loop against Keras 3 `model.fit` on the same word-level LSTM LM.
 
-  python bench/lm_throughput.py [--steps=200]
+  python bench/lm_throughput.py [--steps=200] [--steps_per_loop=K]
 
 Both train configs/ptb_word_lstm.py's model (PTB: 10k vocabulary, word embeddings 200, two
 LSTM layers of 200, dropout 0.5, full softmax, SGD, gradient norm clipped to 5, batch 20 x 35)
@@ -10,7 +10,8 @@ LSTMs, which do slightly less work) fed the way a Keras user feeds it: numpy arr
 `batch_size=20, shuffle=False`. The machine's matmul peak is measured in the same run, and the
 model-FLOPs utilisation (MFU) is our matmul FLOPs per second (forward + backward = 3x forward)
 over that peak. Each contender runs in a fresh child process (`--contender=ours` or `keras`
-measures one and prints its JSON line).
+measures one and prints its JSON line). Ours runs twice: with train.steps_per_loop = K (the
+config's default unless --steps_per_loop says otherwise) and with 1 step per call.
 
 Both contenders' words/s count their training steps only (ours: from its first progress line
 on; Keras: from the first on_train_batch_begin to on_train_end), and the bench times every step.
@@ -41,13 +42,16 @@ from bench.common import background_busy  # noqa: E402
 from bench.keras_lm import StepClock, keras_model  # noqa: E402
 from configs import ptb_word_lstm  # noqa: E402
 from tfsys.data import ArrayStream, PennTreebank, load_vocabulary  # noqa: E402
-from tfsys.train import loop, run as run_lib, train_and_evaluate  # noqa: E402
+from tfsys.train import controller, train_and_evaluate  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 200, "timed training steps per contender")
 _KERAS_FEED = flags.DEFINE_enum(
     "keras_feed", "arrays", ["arrays", "generator"],
     "arrays: numpy arrays to fit() (what a Keras user writes); generator: from_generator + "
     "prefetch(2) over our stream, the old bench's feed")
+_STEPS_PER_LOOP = flags.DEFINE_integer(
+    "steps_per_loop", None, "our train.steps_per_loop (default: the config's); ours also runs "
+    "with 1 for comparison")
 _CONTENDER = flags.DEFINE_enum(
     "contender", "both", ["both", "ours", "keras"],
     "both: each of the two in a fresh child process, then the comparison; ours, keras: measure "
@@ -125,29 +129,31 @@ def model_flops_per_word(model_config, vocab_size: int) -> float:
   return 3.0 * fwd
 
 
-_Throughput, _finish = loop.Throughput, run_lib.Run.finish
+_Throughput, _finish = controller.Throughput, controller.Controller.finish
 
 
 class _TimedThroughput(_Throughput):
-  """The loop's own meter, plus a clock read at every step: the loop calls add() once per step,
-  right after `float(loss)` has waited for the step to finish."""
-  stamps: list = []
+  """The controller's own meter, plus a clock read at every call: the controller calls add()
+  once per call of the executor, once it has read the call's losses back (the call is done)."""
+  stamps: list = []   # (time, words) per call
 
   def add(self, words):
-    _TimedThroughput.stamps.append(time.perf_counter())
+    _TimedThroughput.stamps.append((time.perf_counter(), words))
     super().add(words)
 
 
 def _timed_finish(self, *args, **kwargs):
-  """Run.finish, stamped when it returns: after it, the loop only drops its data iterator."""
+  """Controller.finish, stamped when it returns: after it, only the data iterator is dropped."""
   out = _finish(self, *args, **kwargs)
-  _TimedThroughput.stamps.append(time.perf_counter())
+  _TimedThroughput.stamps.append((time.perf_counter(), 0))
   return out
 
 
-def ours(config, steps: int) -> tuple[float, list, float]:
-  """Words/s as the loop reports it, per-step seconds, and the seconds train_and_evaluate took
-  to return after Run.finish (its iterator's deletion)."""
+def ours(config, steps: int, steps_per_loop: int | None) -> tuple[float, list, float]:
+  """Words/s as the loop reports it, per-step seconds (a call's time over its steps), and the
+  seconds train_and_evaluate took to return after Controller.finish (its iterator's deletion)."""
+  if steps_per_loop:
+    config.train.steps_per_loop = steps_per_loop
   config.train.num_steps = steps + WARMUP_STEPS
   config.train.log_every = WARMUP_STEPS  # words/s counts from the first progress line on
   config.train.checkpoint_every = 10 ** 9
@@ -157,16 +163,22 @@ def ours(config, steps: int) -> tuple[float, list, float]:
   config.eval.num_samples = 0
   _TimedThroughput.stamps = []
   # Reading the loop's clocks from outside it: the bench measures, the library stays clean.
-  loop.Throughput, run_lib.Run.finish = _TimedThroughput, _timed_finish
+  controller.Throughput, controller.Controller.finish = _TimedThroughput, _timed_finish
   try:
     with tempfile.TemporaryDirectory() as workdir:
       words_per_sec = train_and_evaluate(config, workdir)["words_per_sec"]
       returned = time.perf_counter()
   finally:
-    loop.Throughput, run_lib.Run.finish = _Throughput, _finish
+    controller.Throughput, controller.Controller.finish = _Throughput, _finish
   stamps = _TimedThroughput.stamps
-  steps_done = stamps[WARMUP_STEPS - 1:-1]
-  return words_per_sec, np.diff(steps_done).tolist(), returned - stamps[-1]
+  words_per_step = config.train.batch_size * config.train.unroll
+  step_secs, done = [], 0
+  for (t0, _), (t1, words) in zip(stamps[:-2], stamps[1:-1]):
+    done += words
+    if done > WARMUP_STEPS * words_per_step:   # the timed steps: after the first progress line
+      n = max(round(words / words_per_step), 1)
+      step_secs += [(t1 - t0) / n] * n
+  return words_per_sec, step_secs, returned - stamps[-1][0]
 
 
 def keras_fit(config, steps: int, feed: str) -> tuple[float, float, list, float]:
@@ -218,12 +230,12 @@ def report(name: str, stats: dict) -> None:
           f"iterator waited for the autotune thread to wake (not counted in words/s)")
 
 
-def measure(name: str, steps: int, feed: str) -> dict:
+def measure(name: str, steps: int, feed: str, steps_per_loop: int | None = None) -> dict:
   """One contender, in this process."""
   config = ptb_word_lstm.get_config()
   with OthersLoad() as load:
     if name == "ours":
-      words_per_sec, step_secs, late = ours(config, steps)
+      words_per_sec, step_secs, late = ours(config, steps, steps_per_loop)
       fit_call_words_per_sec = None
     else:
       words_per_sec, fit_call_words_per_sec, step_secs, late = keras_fit(config, steps, feed)
@@ -232,11 +244,13 @@ def measure(name: str, steps: int, feed: str) -> dict:
           "steps": step_stats(step_secs, late), "others_cpu_share": round(load.share, 3)}
 
 
-def in_fresh_process(name: str) -> dict:
+def in_fresh_process(name: str, steps_per_loop: int | None = None) -> dict:
   """measure() in a child process, so that neither contender runs on the other's leftovers
   (threads, allocator, compiled functions) and the order of the two does not matter."""
   cmd = [sys.executable, os.path.abspath(__file__), f"--contender={name}",
          f"--steps={_STEPS.value}", f"--keras_feed={_KERAS_FEED.value}"]
+  if steps_per_loop:
+    cmd.append(f"--steps_per_loop={steps_per_loop}")
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
@@ -247,17 +261,23 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   if _CONTENDER.value != "both":
-    print(json.dumps(measure(_CONTENDER.value, _STEPS.value, _KERAS_FEED.value)))
+    print(json.dumps(measure(_CONTENDER.value, _STEPS.value, _KERAS_FEED.value,
+                             _STEPS_PER_LOOP.value)))
     return
   busy = background_busy()
   print(f"background CPU load before measuring: {busy:.0%}"
         + ("  (not quiet: figures will be low)" if busy > 0.15 else ""))
   peak = matmul_peak_flops()
   print(f"matmul peak (fp32, 2048^2): {peak / 1e9:.0f} GFLOP/s")
-  ours_r = in_fresh_process("ours")
-  print(f"ours (tfsys.train loop):   {ours_r['words_per_sec']:.0f} words/s; other processes' "
-        f"CPU while it ran: {ours_r['others_cpu_share']:.0%}")
+  k = _STEPS_PER_LOOP.value or ptb_word_lstm.get_config().train.steps_per_loop
+  ours_r = in_fresh_process("ours", k)
+  print(f"ours (tfsys.train loop, {k} steps per call): {ours_r['words_per_sec']:.0f} words/s; "
+        f"other processes' CPU while it ran: {ours_r['others_cpu_share']:.0%}")
   report("ours", ours_r["steps"])
+  ours_1 = in_fresh_process("ours", 1)
+  print(f"ours (1 step per call): {ours_1['words_per_sec']:.0f} words/s; other processes' "
+        f"CPU while it ran: {ours_1['others_cpu_share']:.0%}")
+  report("ours, 1 step per call", ours_1["steps"])
   keras_r = in_fresh_process("keras")
   print(f"keras 3 model.fit ({_KERAS_FEED.value}): {keras_r['words_per_sec']:.0f} words/s "
         f"({keras_r['fit_call_words_per_sec']:.0f} over the whole fit() call); other processes' "
@@ -269,7 +289,8 @@ def main(argv):
   print(f"ratio ours / keras: {ratio:.2f}; MFU {mfu:.1%} "
         f"({flops / 1e6:.1f} MFLOP per word, fwd+bwd)")
   contenders = {"ours": ours_r, "keras": keras_r}
-  print(json.dumps({"ours_words_per_sec": ours_r["words_per_sec"],
+  print(json.dumps({"ours_words_per_sec": ours_r["words_per_sec"], "steps_per_loop": k,
+                    "ours_steps_per_loop_1_words_per_sec": ours_1["words_per_sec"],
                     "keras_fit_words_per_sec": keras_r["words_per_sec"],
                     "keras_fit_call_words_per_sec": keras_r["fit_call_words_per_sec"],
                     "ratio": round(ratio, 3), "mfu": round(mfu, 4),

@@ -47,7 +47,7 @@ def main(argv):
   del argv
   import tensorflow as tf
   from tfsys.data import PennTreebank
-  from tfsys.export import export, load_signatures
+  from tfsys.serving import export, load_signatures
   if bool(_SAVED_MODEL.value) == bool(_WORKDIR.value):
     raise SystemExit("give exactly one of --saved_model and --workdir")
   busy = background_busy()

@@ -78,7 +78,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     path, rows = _SAVED_MODEL.value, None   # a given SavedModel's slice size is not known here
     if not path:
-      from tfsys import export as exporting
+      from tfsys import serving as exporting
       workdir = _WORKDIR.value or _smoke_workdir(tmp)
       kw = {} if _SCORE_ROWS.value is None else {"score_rows": _SCORE_ROWS.value}
       path = exporting.export(workdir, os.path.join(tmp, "export"), **kw)[0]

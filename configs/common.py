@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000  # steps; also at the end and on Ctrl-C
   config.train.keep_checkpoints = 3
   config.train.histogram_every = 1000   # weight histograms in TensorBoard
+  # Steps per tf.function call on the all-reduce backends: the host reads their losses once per
+  # call (a checkpoint, evaluation or progress line still lands on its exact step).
+  config.train.steps_per_loop = 1
   # Stop (keeping the last good checkpoint) once the training or validation loss per token is
   # above this many times ln V, the loss of a uniform guess, after optim.warmup_steps: at 2 the
   # model's perplexity is V², far past anything a learning run passes through (0 = off).

@@ -9,12 +9,8 @@ evaluation and generation. The dropout masks and the negatives are functions of 
 replica) (models/layers/stateless.py), so a run resumed from a checkpoint trains exactly as
 one that was never stopped.
 
-The interface the training loop calls (DESIGN.md §2):
-  initial_state(batch_size)                   -> state (a tuple of (c, h) per layer)
-  loss(batch, state, training, step, replica) -> (mean loss, metrics, new state)
-  scalars(metric sums, step)                  -> extra train/ scalars (none: loss says it all)
-  logits(inputs, state)                       -> (logits [B, T, V], new state), full softmax
-  variable_shapes(config, vocab_size)         -> {name: shape}, without allocating anything
+The class satisfies models/interface.py's StreamModel (tests/models/test_interface.py checks
+it): the state is a tuple of (c, h) per layer; scalars adds none (the loss says it all).
 """
 import numpy as np
 import tensorflow as tf
@@ -22,6 +18,7 @@ import tensorflow as tf
 from models.layers import stateless
 from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
+from models.variables import VariableSpec, constant, create_all, uniform
 from tfsys.data import chars
 
 
@@ -55,6 +52,30 @@ def variable_shapes(config, vocab_size: int) -> dict:
 SAMPLED_SOFTMAX_SITE = stateless.NUM_SITES - 1
 
 
+def variable_specs(config, vocab_size: int, seed: int = 0) -> list:
+  """The model's variables as declared (models/variables.py), in name order: highway gate
+  biases start at HIGHWAY_GATE_BIAS, other biases at 0, matrices U(-init_scale, init_scale).
+  The word embedding is a table; so is the softmax when it is trained with sampled negatives
+  (then a batch touches its targets' rows and the samples', not all of them)."""
+  sampled = 0 < config.num_samples < vocab_size
+  specs = []
+  for k, (name, shape) in enumerate(sorted(variable_shapes(config, vocab_size).items())):
+    if name.endswith("_b_t"):
+      value = constant(shape, HIGHWAY_GATE_BIAS)
+    elif len(shape) == 1 or name.endswith(("_b", "_b_h")):
+      value = constant(shape)
+    else:
+      value = uniform(shape, config.init_scale, seed * 1000 + k)
+    if name == "word_embedding":
+      touched = dict(table=True, rows_per_token=1)
+    elif name in ("softmax_w", "softmax_b") and sampled:
+      touched = dict(table=True, rows_per_token=1, rows_per_batch=config.num_samples)
+    else:
+      touched = {}
+    specs.append(VariableSpec(name, tuple(shape), value, **touched))
+  return specs
+
+
 def num_parameters(config, vocab_size: int) -> int:
   return sum(int(np.prod(s)) for s in variable_shapes(config, vocab_size).values())
 
@@ -62,9 +83,11 @@ def num_parameters(config, vocab_size: int) -> int:
 class LanguageModel(tf.Module):
   """A stateful LSTM LM over word ids; char-CNN models also embed any word from its bytes."""
 
-  data_layout = "stream"   # batch × unroll windows of one token stream, the state carried
+  variable_shapes = staticmethod(variable_shapes)   # models/interface.py: from the config alone
+  variable_specs = staticmethod(variable_specs)
 
-  def __init__(self, config, vocab_words, seed: int = 0, name: str = "lstm_lm"):
+  def __init__(self, config, vocab_words, seed: int = 0, name: str = "lstm_lm",
+               placement=None):
     super().__init__(name=name)
     if config.num_layers >= SAMPLED_SOFTMAX_SITE:
       raise ValueError(f"at most {SAMPLED_SOFTMAX_SITE - 1} layers, got {config.num_layers}")
@@ -72,16 +95,7 @@ class LanguageModel(tf.Module):
     self.seed = seed   # with the step and the replica, the seed of every training-time draw
     self.vocab_size = len(vocab_words)
     self.state_dim = config.projection or config.lstm_units
-    self.params = {}
-    for k, (pname, shape) in enumerate(sorted(variable_shapes(config, self.vocab_size).items())):
-      if pname.endswith("_b_t"):
-        value = tf.fill(shape, HIGHWAY_GATE_BIAS)
-      elif len(shape) == 1 or pname.endswith(("_b", "_b_h")):
-        value = tf.zeros(shape)
-      else:
-        value = tf.random_uniform_initializer(-config.init_scale, config.init_scale,
-                                              seed=seed * 1000 + k)(shape)
-      self.params[pname] = tf.Variable(value, name=pname)
+    self.params = create_all(variable_specs(config, self.vocab_size, seed), placement)
     if config.input == "char_cnn":
       # The vocabulary's words as bytes: a constant table, not a trainable parameter; kept as a
       # variable so the checkpoint and SavedModel carry it with the weights.
@@ -103,6 +117,14 @@ class LanguageModel(tf.Module):
     vectors = self.embed_chars(tf.gather(self.word_chars, unique))
     flat = tf.gather(vectors, index)
     return tf.reshape(flat, tf.concat([tf.shape(ids), [tf.shape(vectors)[-1]]], 0))
+
+  def embed_words(self, words, word_ids):
+    """Words string [N] -> vectors [N, D]. A char-CNN model embeds each word from its bytes, so
+    a word outside the vocabulary gets its own vector (Jozefowicz §3.3); a word-input model
+    looks up word_ids(words), the ids (<unk>'s for unknown words), called only then."""
+    if self.config.input == "char_cnn":
+      return self.embed_chars(chars.encode_words_tf(words, self.config.max_word_length))
+    return self.embed_ids(word_ids(words))
 
   # ---- recurrence --------------------------------------------------------------------------
   def initial_state(self, batch_size):
@@ -138,10 +160,14 @@ class LanguageModel(tf.Module):
     return x, tuple(new_state)
 
   # ---- outputs -----------------------------------------------------------------------------
+  def output_logits(self, h):
+    """Top LSTM outputs [B, T, P] -> full-softmax logits [B, T, V] (scoring in chunks of T)."""
+    return tf.einsum("btp,vp->btv", h, self.params["softmax_w"]) + self.params["softmax_b"]
+
   def logits(self, inputs, state):
     """Full-softmax logits [B, T, V] for word ids [B, T] (evaluation, sampling)."""
     h, state = self.hidden(self.embed_ids(inputs), state, training=False)
-    return tf.einsum("btp,vp->btv", h, self.params["softmax_w"]) + self.params["softmax_b"], state
+    return self.output_logits(h), state
 
   def loss(self, batch, state, training: bool, step=0, replica=None):
     """Mean per-token loss over the batch's weighted tokens.

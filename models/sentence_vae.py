@@ -22,9 +22,9 @@ Training's random draws (z, word dropout, dropout masks) are functions of (seed,
 (models/layers/stateless.py), so a run resumed from a checkpoint trains exactly as one that was
 never stopped.
 
-Interface the training loop calls (as models/lstm_lm.py; DESIGN.md §2): initial_state(batch)
-(nothing is carried between batches: ()), loss(batch, state, training, step, replica) and
-scalars(metric sums). Evaluation, decoding and the tools use encode, evaluate_batch, decode.
+The class satisfies models/interface.py's SentenceModel (tests/models/test_interface.py checks
+it): nothing is carried between batches (the state is ()); evaluation, decoding and the tools
+use encode, evaluate_batch and decode.
 """
 import math
 
@@ -34,6 +34,8 @@ import tensorflow_probability as tfp
 
 from models.layers import stateless
 from models.layers.lstm import lstmp_cell, lstmp_layer, lstmp_shapes
+from models.layers.sampling import next_ids
+from models.variables import VariableSpec, constant, create_all, uniform
 from tfsys.errors import UserError
 
 tfd = tfp.distributions
@@ -114,12 +116,28 @@ def variable_shapes(config, vocab_size: int) -> dict:
   return shapes
 
 
+def variable_specs(config, vocab_size: int, seed: int = 0) -> list:
+  """The model's variables as declared (models/variables.py), in name order: biases at 0,
+  matrices U(-init_scale, init_scale). The word embedding is a table (the full softmax is not:
+  every row of it gets a gradient)."""
+  specs = []
+  for k, (name, shape) in enumerate(sorted(variable_shapes(config, vocab_size).items())):
+    value = (constant(shape) if len(shape) == 1 else
+             uniform(shape, config.init_scale, seed * 1000 + k))
+    # The embedding's rows: the batch's words and the <eos> each sentence starts from.
+    touched = dict(table=True, rows_per_token=1, rows_per_batch=1) if name == "embedding" else {}
+    specs.append(VariableSpec(name, tuple(shape), value, **touched))
+  return specs
+
+
 class SentenceVAE(tf.Module):
   """Sentence VAE (latent_dim > 0) or RNNLM (latent_dim = 0) over whole sentences."""
 
-  data_layout = "sentences"
+  variable_shapes = staticmethod(variable_shapes)   # models/interface.py: from the config alone
+  variable_specs = staticmethod(variable_specs)
 
-  def __init__(self, config, vocab_words, seed: int = 0, name: str = "sentence_vae"):
+  def __init__(self, config, vocab_words, seed: int = 0, name: str = "sentence_vae",
+               placement=None):
     super().__init__(name=name)
     check(config)
     if config.num_layers >= WORD_DROPOUT_SITE:
@@ -131,14 +149,7 @@ class SentenceVAE(tf.Module):
     self.latent_dim = config.latent_dim
     self.eos_id = words.index("<eos>") if "<eos>" in words else 0
     self.unk_id = words.index("<unk>") if "<unk>" in words else self.eos_id
-    self.params = {}
-    for k, (pname, shape) in enumerate(sorted(variable_shapes(config, self.vocab_size).items())):
-      if len(shape) == 1:
-        value = tf.zeros(shape)
-      else:
-        value = tf.random_uniform_initializer(-config.init_scale, config.init_scale,
-                                              seed=seed * 1000 + k)(shape)
-      self.params[pname] = tf.Variable(value, name=pname)
+    self.params = create_all(variable_specs(config, self.vocab_size, seed), placement)
 
   def _lstm(self, prefix: str, layer: int) -> dict:
     return {k: self.params[f"{prefix}{layer}_{k}"] for k in ("w_x", "w_h", "b")}
@@ -209,7 +220,8 @@ class SentenceVAE(tf.Module):
       x = stateless.dropout(x, rate, stateless.site_seed(seed, layers))
     return x, tuple(new_state)
 
-  def logits(self, h):
+  def output_logits(self, h):
+    """Decoder outputs [B, T, H] -> logits [B, T, V]."""
     return tf.einsum("bth,vh->btv", h, self.params["softmax_w"]) + self.params["softmax_b"]
 
   def reconstruction_nll(self, batch, z, training: bool = False, seed=None):
@@ -227,7 +239,7 @@ class SentenceVAE(tf.Module):
       inputs = tf.where(drop, self.unk_id, inputs)
     state = self.decoder_state(z, tf.shape(inputs)[0])
     h, _ = self.decode_hidden(inputs, state, z, training, seed)
-    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["targets"], self.logits(h))
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["targets"], self.output_logits(h))
     return tf.reduce_sum(nll * batch["weights"], axis=1)
 
   # ---------------------------------------------------------------- training loss
@@ -333,9 +345,7 @@ class SentenceVAE(tf.Module):
                           lstm[layer]["w_h"])
         new_state.append((c, x))
       logits = tf.matmul(x, w, transpose_b=True) + b
-      sampled = tf.random.stateless_categorical(logits / tf.maximum(temperature, 1e-6), 1,
-                                                tf.stack([seed[0], seed[1] + t]))[:, 0]
-      nxt = tf.cast(tf.where(temperature > 0, sampled, tf.argmax(logits, -1)), tf.int32)
+      nxt = next_ids(logits, temperature, tf.stack([seed[0], seed[1] + t]))
       nxt = tf.where(done | (t >= max_words), self.eos_id, nxt)   # the last position ends it
       return t + 1, nxt, tuple(new_state), done | tf.equal(nxt, self.eos_id), out.write(t, nxt)
 

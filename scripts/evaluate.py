@@ -10,22 +10,21 @@ sentence to sentence (the corpora's convention). --per_sentence scores every lin
 from a zero state after a sentence end, as the SavedModel's serving_default signature does;
 --saved_model always does, using only the SavedModel.
 
-A sentence model (configs/ptb_vae.py, configs/ptb_rnnlm.py) always reads whole sentences and
-prints its importance-weighted bound (per word as perplexity, per sentence as NLL), the ELBO
-and its KL, active units and mutual information; through a SavedModel, the bound alone.
+A sentence model (configs/ptb_vae.py, configs/ptb_rnnlm.py) always reads whole sentences (so
+--per_sentence changes nothing) and prints its importance-weighted bound (per word as
+perplexity, per sentence as NLL), the ELBO and its terms, active units and mutual information;
+through a SavedModel, the bound alone. What is evaluated how is the model's task's business
+(tfsys/train/tasks.py), and through a SavedModel its serving module's (tfsys/serving/).
 """
 from tfsys import cli  # first: sets TensorFlow's log level
 
 import os
-import tempfile
 
 from absl import flags
-import numpy as np
 
 from tfsys.data import make_corpus
 from tfsys.data.corpus import read_sentences
 from tfsys.errors import UserError
-from tfsys.train.evaluate import Evaluator, load_trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory written by scripts/train.py")
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "an exported version directory E/<n>")
@@ -44,61 +43,39 @@ def _lines():
   return lines
 
 
-def _report(source, what, result):
-  extra = ""
-  if "nll" in result:
-    extra = (f"; per sentence: NLL {result['nll']:.2f} (bound, {result['iw_samples']} samples), "
-             f"ELBO {result['elbo']:.2f}, KL {result['kl']:.2f}; active units "
-             f"{result['active_units']}, mutual information {result['mutual_info']:.3f}")
+def _report(source, what, result, summary=""):
+  """summary: the figures beyond perplexity, in words (the task's summary())."""
   print(f"{source}: {what}: perplexity {result['perplexity']:.2f} "
-        f"({result['num_tokens']} tokens, {result['loss']:.4f} nats/token){extra}")
-
-
-def _sentence_model(config, vocab, model, path):
-  import tensorflow as tf
-  from tfsys.train.tasks import evaluate_sentences
-  if _TEXT.value:
-    sentences, what = [vocab.encode(line.split()) for line in _lines()], _TEXT.value
-  else:
-    from tfsys.data.sentences import split_sentences
-    ids = make_corpus(config.data).token_ids(_SPLIT.value, vocab)
-    sentences, what = split_sentences(ids, vocab.eos_id), f"{_SPLIT.value} split"
-  result = evaluate_sentences(tf.function(model.evaluate_batch, reduce_retracing=True),
-                              model.latent_dim, sentences, vocab.eos_id,
-                              _BATCH.value or config.eval.batch_size, config.eval.iw_samples,
-                              config.seed)
-  _report(path, what, result)
+        f"({result['num_tokens']} tokens, {result['loss']:.4f} nats/token)"
+        f"{'; ' + summary if summary else ''}")
 
 
 def main(argv):
   del argv
-  from tfsys import export
   if bool(_WORKDIR.value) == bool(_SAVED_MODEL.value):
     raise UserError("give exactly one of --workdir and --saved_model")
   if _SAVED_MODEL.value:
+    from tfsys import serving
     if not _TEXT.value:
       raise UserError("--saved_model needs --text_file (the SavedModel carries no corpus)")
-    score = export.load_signatures(_SAVED_MODEL.value)["serving_default"]
-    _report(_SAVED_MODEL.value, _TEXT.value, export.score_sentences(score, _lines()))
+    signatures = serving.load_signatures(_SAVED_MODEL.value)
+    result = serving.contract_of(signatures).score_text(signatures["serving_default"], _lines())
+    _report(_SAVED_MODEL.value, _TEXT.value, result)
     return
+  if _PER_SENTENCE.value and not _TEXT.value:
+    raise UserError("--per_sentence needs --text_file")
+  from tfsys.train import tasks
+  from tfsys.train.evaluate import load_trained
   config, vocab, model, path = load_trained(_WORKDIR.value)
-  if model.data_layout == "sentences":   # every sentence is scored on its own anyway
-    return _sentence_model(config, vocab, model, path)
-  if _PER_SENTENCE.value:
-    if not _TEXT.value:
-      raise UserError("--per_sentence needs --text_file")
-    with tempfile.TemporaryDirectory() as tmp:
-      server = export.in_process_server(model, vocab, tmp)
-      _report(path, _TEXT.value, export.score_sentences(server.score, _lines()))
-    return
+  if _BATCH.value:
+    config.eval.batch_size = _BATCH.value
+  task = tasks.for_model(config, vocab, model)
   if _TEXT.value:
-    ids = np.concatenate([np.append(vocab.encode(line.split()), np.int32(vocab.eos_id))
-                          for line in _lines()])
-    what = _TEXT.value
+    result, what = task.evaluate_lines(_lines(), _PER_SENTENCE.value), _TEXT.value
   else:
-    ids, what = make_corpus(config.data).token_ids(_SPLIT.value, vocab), f"{_SPLIT.value} split"
-  evaluator = Evaluator(model, _BATCH.value or config.eval.batch_size, config.train.unroll)
-  _report(path, what, evaluator.perplexity(ids))
+    ids = make_corpus(config.data).token_ids(_SPLIT.value, vocab)
+    result, what = task.evaluate_ids(ids), f"{_SPLIT.value} split"
+  _report(path, what, result, task.summary(result))
 
 
 if __name__ == "__main__":

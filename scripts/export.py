@@ -4,7 +4,7 @@
 
 Writes E/<version>/ (1, 2, ...: a new version per export, an existing one is never touched),
 with the signatures serving_default (score sentences), generate, step and embed on raw strings
-(the contract: tfsys/export.py and the README).
+(the contract: tfsys/serving/lm.py, tfsys/serving/vae.py and the README).
 
 --score_rows fixes in the SavedModel how many sentences a scoring request computes at once:
 a request of any size then needs the memory of that many (logits of score_rows × 64 positions
@@ -16,7 +16,7 @@ from tfsys import cli  # first: sets TensorFlow's log level
 
 from absl import flags
 
-from tfsys.export import SCORE_ROWS, export
+from tfsys.serving import SCORE_ROWS, export
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory written by scripts/train.py")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "where the version directories go")

@@ -24,7 +24,6 @@ import math
 from absl import flags
 
 from tfsys.errors import UserError
-from tfsys.train.evaluate import Sampler, load_trained, render
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory written by scripts/train.py")
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "an exported version directory E/<n> "
@@ -55,37 +54,20 @@ def _check_flags():
 def main(argv):
   del argv
   _check_flags()
-  if _SAVED_MODEL.value:
-    import tensorflow as tf
-    from tfsys.export import MAX_GENERATE_WORDS, load_signatures
-    signatures = load_signatures(_SAVED_MODEL.value)
-    if "sample" in signatures:   # a sentence model
-      out = signatures["sample"](count=tf.constant(_NUM_SENTENCES.value),
-                                 temperature=tf.constant(_TEMPERATURE.value, tf.float32),
-                                 seed=tf.constant(_SEED.value))
-      for text in out["text"].numpy():
-        print(text.decode("utf-8", errors="replace"))
-      return
-    if _NUM_WORDS.value > MAX_GENERATE_WORDS:
-      # The signature would cut the text there without saying so; a checkpoint has no limit.
-      raise UserError(f"--num_words={_NUM_WORDS.value} is more than a SavedModel generates "
-                      f"({MAX_GENERATE_WORDS}): lower it, or sample from the --workdir")
-    generate = signatures["generate"]
-    out = generate(prompt=tf.constant([_PROMPT.value]), max_words=tf.constant(_NUM_WORDS.value),
-                   temperature=tf.constant(_TEMPERATURE.value, tf.float32),
-                   seed=tf.constant(_SEED.value))
-    print(out["text"][0].numpy().decode("utf-8", errors="replace"))
-    return
-  config, vocab, model, _ = load_trained(_WORKDIR.value)
-  if model.data_layout == "sentences":
-    from tfsys.train.sentence_tools import SentenceCoder
-    coder = SentenceCoder(model, vocab, config.data.max_length)
-    for text in coder.sample_prior(_NUM_SENTENCES.value, _SEED.value, _TEMPERATURE.value):
-      print(text)
-    return
-  words = Sampler(model, vocab).generate(_PROMPT.value, _NUM_WORDS.value, _TEMPERATURE.value,
-                                         _SEED.value)
-  print(render(_PROMPT.value.split() + words, vocab.eos))
+  request = dict(prompt=_PROMPT.value, num_words=_NUM_WORDS.value,
+                 num_sentences=_NUM_SENTENCES.value, temperature=_TEMPERATURE.value,
+                 seed=_SEED.value)
+  if _SAVED_MODEL.value:   # what the model's serving module samples, through its signatures
+    from tfsys import serving
+    signatures = serving.load_signatures(_SAVED_MODEL.value)
+    texts = serving.contract_of(signatures).sample_text(signatures, **request)
+  else:                    # what the model's task samples (tfsys/train/tasks.py)
+    from tfsys.train import tasks
+    from tfsys.train.evaluate import load_trained
+    config, vocab, model, _ = load_trained(_WORKDIR.value)
+    texts = tasks.for_model(config, vocab, model).sample_text(**request)
+  for text in texts:
+    print(text)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+import models
 from tfsys.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -25,10 +26,9 @@ def main(argv):
     return
   print(f"\nvalidation perplexity {results['valid_perplexity']:.2f}, "
         f"test perplexity {results['test_perplexity']:.2f} after {results['step']} steps")
-  if "test_nll" in results:   # a sentence model: nats per sentence, and what z carries
-    print(f"test NLL {results['test_nll']:.2f} (importance-weighted bound), ELBO "
-          f"{results['test_elbo']:.2f}, KL {results['test_kl']:.2f}, active units "
-          f"{results['test_active_units']}, mutual information {results['test_mutual_info']:.3f}")
+  summary = models.kind(_CONFIG.value.model).task_class().summary(results, prefix="test_")
+  if summary:   # a sentence model: nats per sentence, and what z carries
+    print(f"test {summary}")
   for k, s in enumerate(results["samples"]):
     print(f"sample {k + 1}: {s.replace(chr(10), ' / ')}")
   if _CONFIG.value.reference:

@@ -34,10 +34,11 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
+  from models.interface import SentenceModel
   from tfsys.train.evaluate import load_trained
   from tfsys.train.sentence_tools import SentenceCoder
   config, vocab, model, path = load_trained(_WORKDIR.value)
-  if model.data_layout != "sentences":
+  if not isinstance(model, SentenceModel):   # what SentenceCoder calls (models/interface.py)
     raise UserError(f"{_WORKDIR.value} holds a {config.model.name} model, not a sentence VAE")
   coder = SentenceCoder(model, vocab, config.data.max_length)
   mode, sentences = _MODE.value, _SENTENCE.value

@@ -216,7 +216,7 @@ def _untrained(config_name: str, arg: str = "smoke"):
 @pytest.mark.parametrize("rows", [1, 3, 8])
 def test_scoring_in_slices_gives_the_scores_of_the_whole_batch(tmp_path, rows):
   import tensorflow as tf
-  from tfsys.export import in_process_server
+  from tfsys.serving import in_process_server
   _, vocab, model = _untrained("ptb_char_cnn_lstm")
   # Records the most rows the LSTM is run on in one call: the memory a request needs.
   most_rows = tf.Variable(0)
@@ -244,7 +244,7 @@ def test_scoring_in_slices_gives_the_scores_of_the_whole_batch(tmp_path, rows):
 
 def test_a_bad_score_rows_is_a_user_error(tmp_path):
   from tfsys.errors import UserError
-  from tfsys.export import in_process_server
+  from tfsys.serving import in_process_server
   _, vocab, model = _untrained("ptb_char_cnn_lstm")
   for bad in (0, -5, 2.5):
     with pytest.raises(UserError, match="--score_rows must be a positive number of sentences"):

@@ -1,4 +1,4 @@
-"""The sentence VAE's serving module in process (tfsys/export_vae.py): scoring in slices of
+"""The sentence VAE's serving module in process (tfsys/serving/vae.py): scoring in slices of
 score_rows sentences, and the float inputs refused when not finite. The whole contract through a
 SavedModel is tested in tests/test_vae_end_to_end.py."""
 import numpy as np
@@ -15,7 +15,7 @@ BATCH = ["the company said", "", "stocks fell", "the company said", "a " * 40,
 
 def _server(tmp_path, config_name):
   """An untrained model of the config's :smoke variant, and its server by score_rows."""
-  from tfsys.export import in_process_server
+  from tfsys.serving import in_process_server
   config, vocab, model = _untrained(config_name)
   return model, lambda rows: in_process_server(model, vocab, str(tmp_path),
                                                config.data.max_length, score_rows=rows)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN = [os.path.join(ROOT, "scripts", "train.py"), f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke",
+TRAIN = [os.path.join(ROOT, "scripts", "train.py"), f"--config={ROOT}/configs/ptb_word_lstm.py:smoke",
          # Dropout masks are drawn per replica, so switch it off to compare runs exactly.
          "--config.model.dropout=0", "--config.model.embedding_dropout=0",
          "--config.train.log_every=1", "--config.eval.max_tokens=100"]
@@ -53,9 +53,12 @@ def single_losses(tmp_path_factory):
 @pytest.mark.kernels
 def test_mirrored_matches_single(single_losses, tmp_path):
   workdir = str(tmp_path)
+  # Four steps per call: a progress line (the mean loss of its four steps) every call.
   _run([sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}",
-        "--config.distribute.backend=mirrored", "--config.distribute.num_logical_cpus=2"])
-  np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
+        "--config.distribute.backend=mirrored", "--config.distribute.num_logical_cpus=2",
+        "--config.train.steps_per_loop=4", "--config.train.log_every=4"])
+  np.testing.assert_allclose(_scalars(workdir, "train/loss"),
+                             single_losses.reshape(3, 4).mean(axis=1), rtol=2e-4)
   noise = _scalars(workdir, "noise/b_simple")      # every 10 steps with 2 replicas
   assert len(noise) == 1 and np.isfinite(noise).all()
   assert _scalars(workdir, "noise/grad_sq_norm")[0] > 0
@@ -73,6 +76,17 @@ def test_two_worker_processes_match_single_and_only_the_chief_writes(single_loss
   assert os.path.isfile(os.path.join(workdir, "checkpoints", "ckpt-12.index"))
   assert not glob.glob(os.path.join(workdir, "tmp_*"))    # other workers' scratch removed
   assert json.load(open(os.path.join(workdir, "config.json")))["distribute"]["backend"] == "multi_worker"
+
+
+def test_sync_backup_with_every_worker_matches_single(single_losses, tmp_path):
+  # N = all workers and b = 0: each step averages both workers' gradients of their halves of
+  # the batch, computed by the one step: the update of the whole batch, as under single.
+  workdir = str(tmp_path / "run")
+  _run([sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
+        "--num_workers=2", "--", *TRAIN, *STEPS, f"--workdir={workdir}",
+        "--config.distribute.backend=sync_backup", "--config.distribute.replicas_to_aggregate=2",
+        "--config.distribute.total_num_replicas=2"])
+  np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
 
 
 def test_kill_every_task_then_relaunch_resumes(tmp_path):

@@ -262,16 +262,16 @@ def test_async_ps_trains_with_every_worker_applying(tmp_path):
 
 
 # ---------------------------------------------------------------- Ctrl-C in the sync chief
-# The chief's SIGINT handling (ps_loop._CtrlC) with the ps loop stood in for by a function run
+# The chief's SIGINT handling (interrupts.Interrupts) with the ps loop stood in for by a function run
 # the same way (a _Call), and the signal sent at each moment of a stretch that used to lose the
 # ps: no cluster and no timing, so each moment is hit every time.
 @pytest.fixture
 def ctrl_c():
-  from tfsys.train.ps_loop import _CtrlC
+  from tfsys.train.interrupts import Interrupts
   # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, which
-  # _CtrlC rightly leaves alone: these tests are about a terminal's Ctrl-C, so restore it.
+  # Interrupts rightly leaves alone: these tests are about a terminal's Ctrl-C, so restore it.
   inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-  handler = _CtrlC()
+  handler = Interrupts()
   handler.install()
   yield handler
   handler.uninstall()
@@ -310,11 +310,11 @@ def _ctrl_c_to_main_thread():
 def _stretch(ctrl_c, loop, moment):
   """One stretch as SyncChief.train runs it, with a SIGINT at `moment`; returns what it
   recorded and the KeyboardInterrupt's type."""
-  from tfsys.train.ps_loop import _Call
+  from tfsys.train.calls import Call
   recorded = []
   with pytest.raises(KeyboardInterrupt) as raised:
     with ctrl_c.deferred():
-      call = _Call(loop.run, notify=ctrl_c.events)
+      call = Call(loop.run, notify=ctrl_c.events)
       if moment == "started":
         signal.raise_signal(signal.SIGINT)
       out = ctrl_c.wait(call, loop.stop, 30, _not_woken)
@@ -345,11 +345,11 @@ def test_ctrl_c_as_the_ps_loop_returns_keeps_its_steps(ctrl_c):
 
 
 def test_a_second_ctrl_c_leaves_a_ps_loop_that_does_not_stop(ctrl_c):
-  from tfsys.train.ps_loop import _CtrlC
+  from tfsys.train.interrupts import Interrupts
   loop = _PsLoop(blocks=True, on_start=_ctrl_c_to_main_thread)
   loop.stop = lambda: threading.Thread(target=_ctrl_c_to_main_thread).start()  # stop lost
   try:
-    assert _stretch(ctrl_c, loop, "waiting") == ([], _CtrlC.Again)
+    assert _stretch(ctrl_c, loop, "waiting") == ([], Interrupts.Again)
   finally:
     loop.stopped.set()                       # let the stand-in's thread end
 

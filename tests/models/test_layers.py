@@ -107,3 +107,17 @@ def test_char_cnn_zero_pad_ignores_the_padding_embedding():
   zeroed = dict(p, char_embedding=p["char_embedding"].copy())
   zeroed["char_embedding"][PAD] = 0.0
   np.testing.assert_allclose(run(p, True), run(zeroed, False), atol=1e-6)
+
+
+def test_next_ids_is_greedy_at_temperature_0_and_a_seeded_draw_above():
+  from models.layers.sampling import next_ids
+  logits = tf.constant([[0.0, 3.0, 1.0, 2.0], [2.0, 0.0, 0.0, 1.0]])
+  seed = tf.constant([7, 3], tf.int32)
+  assert next_ids(logits, tf.constant(0.0), seed).numpy().tolist() == [1, 0]
+  for t in (0.5, 1.0, 4.0):   # the draw of the stateless sampler at logits / T, whatever T
+    want = tf.random.stateless_categorical(logits / t, 1, seed)[:, 0].numpy().tolist()
+    got = next_ids(logits, tf.constant(t), seed)
+    assert got.dtype == tf.int32 and got.numpy().tolist() == want
+  many = tf.tile(logits[:1], [2000, 1])   # at T = 1 the draws follow softmax(logits)
+  counts = np.bincount(next_ids(many, tf.constant(1.0), seed).numpy(), minlength=4) / 2000
+  np.testing.assert_allclose(counts, tf.nn.softmax(logits[0]).numpy(), atol=0.04)

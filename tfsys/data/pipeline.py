@@ -31,8 +31,9 @@ def _window_spec(batch: int, unroll: int):
           "reset": tf.TensorSpec([], tf.bool)}
 
 
-class _Stream:
-  """Yields global [batch, unroll] windows from `start_step` on, forever (epoch after epoch)."""
+class Stream:
+  """The base of the training streams (these and tfsys/data/sentences.py's SentenceBatches):
+  yields global [batch, unroll] windows from `start_step` on, forever (epoch after epoch)."""
   batch_size: int
   unroll: int
 
@@ -77,7 +78,7 @@ class _Stream:
     return ds.with_options(options)
 
 
-class ArrayStream(_Stream):
+class ArrayStream(Stream):
   """An in-memory stream (PTB, plain text): `batch` contiguous segments of the token array.
 
   With `shuffle`, the order of sentences is permuted anew every epoch from (seed, epoch);
@@ -123,7 +124,7 @@ class ArrayStream(_Stream):
       step += 1
 
 
-class ShardStream(_Stream):
+class ShardStream(Stream):
   """A stream over many files too big for memory (One Billion Word).
 
   Row r takes sentences r, r+B, r+2B, ... of the epoch's sentence order (shard order shuffled

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfsys.data.pipeline import _Stream
+from tfsys.data.pipeline import Stream
 from tfsys.errors import UserError
 
 BUCKET_POOL = 50   # batches sorted together by length: padding ~1 word a row on PTB
@@ -59,7 +59,7 @@ def split_sentences(ids: np.ndarray, eos_id: int) -> list[np.ndarray]:
   return out
 
 
-class SentenceBatches(_Stream):
+class SentenceBatches(Stream):
   """Training batches of whole sentences, `batch_size` rows each, forever (epoch after epoch)."""
 
   def __init__(self, sentences: list[np.ndarray], batch_size: int, max_length: int, eos_id: int,

@@ -9,10 +9,10 @@
                 N + b workers compute each step's gradient, the chief applies the first N.
   async_ps      asynchronous SGD on the same parameter servers: each worker applies its own.
 
-The all-reduce loop is the same for the first three: it reads replica counts from the strategy,
-slices the per-replica LSTM state by replica id, and all-reduces gradients itself. The
-parameter-server backends run the same model step split between chief and workers
-(tfsys/train/ps_loop.py); for them `Backend.ps` says who is who.
+The first three run through one executor (tfsys/train/allreduce.py): it reads replica counts from
+the strategy, slices the per-replica LSTM state by replica id, and all-reduces gradients itself.
+The parameter-server backends run the same step split between chief and workers
+(tfsys/train/ps/); for them `Backend.ps` says who is who.
 """
 import dataclasses
 import re
@@ -81,6 +81,22 @@ class Backend:
         "exiting. multi_worker cannot go on without a worker: relaunch the cluster to resume "
         "from the last checkpoint")
 
+
+  @property
+  def replicas(self) -> int:
+    """Blocks the global batch is cut into, one gradient each: the strategy's replicas, N under
+    sync_backup, every worker under async_ps."""
+    return self.strategy.num_replicas_in_sync if self.ps is None else self.ps.replicas_to_aggregate
+
+  @property
+  def gradients_per_update(self) -> int:
+    """Gradients averaged into one update: all the replicas', except under async_ps (one)."""
+    return 1 if self.ps is not None and self.ps.kind == "async_ps" else self.replicas
+
+  @property
+  def data_shards(self) -> int:
+    """Blocks of rows the training stream is cut into: one per replica or per ps worker."""
+    return self.replicas if self.ps is None else self.ps.num_workers
 
   @property
   def is_chief(self) -> bool:

@@ -7,9 +7,9 @@ device (the ps keeps one resource per name; every client that names it gets the 
 
 - `shared_variable` wraps such a resource as an ordinary `tf.Variable` (assign, read, use in a
   `tf.function`, optimizers), which is never destroyed by a client going away;
-- `ShardedStore` keeps a copy of a list of local variables on the ps tasks, the large ones split
-  by rows over all of them and the rest placed whole on the least loaded, and moves values
-  between the local variables and their shards;
+- `Layout` places a list of variables over the ps tasks from their shapes (the tables split by
+  rows over all of them, the rest whole on the least loaded), and `ShardedStore` keeps a copy
+  of local variables there as it says and moves values between them and their pieces;
 - `token_queue` / `commit_queue` are the FIFO queues the sync_backup protocol runs on.
 
 Blocking ops on the ps (a dequeue on an empty queue) must run inside a `tf.function`: issued as
@@ -51,60 +51,89 @@ def _shard_rows(rows: int, parts: int) -> list[tuple[int, int]]:
   return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-class ShardedStore:
-  """A copy of local variables on the ps tasks, one flat variable per ps task.
+class Layout:
+  """Where each of a list of variables lives on the ps tasks, from shapes alone (nothing is
+  allocated: the memory report of a config too large for this machine uses it).
 
-  A variable with at least `min_shard_rows` rows is split by rows into one shard per ps task;
-  any other goes whole to the ps task holding the fewest bytes so far (in the order given, so
-  every client computes the same placement). Each ps task keeps its pieces end to end in one
-  flat variable, so that moving or updating everything it holds is one op, not one per
-  variable. `pieces[k]` lists variable k's shards as (ps index, first row, end row, offset in
-  that ps task's flat variable).
+  A row-gathered table (an embedding, a sampled softmax: `tables[k]`) is split by rows into one
+  piece per ps task, each piece a variable of its own, so that an update touches only the rows
+  a gradient carries. Any other variable with at least `min_shard_rows` rows is split by rows
+  too; the rest go whole to the ps task holding the fewest bytes so far (in the order given, so
+  every client computes the same placement). Each ps task keeps its pieces of the non-table
+  variables end to end in one flat variable, so that moving or updating all of them is one op,
+  not one per variable. `pieces[k]` lists variable k's pieces as (ps index, first row, end row,
+  offset in that ps task's flat variable, or None for a table's piece).
   """
 
-  def __init__(self, name: str, variables, ps_devices: list[str], min_shard_rows: int):
-    self.name, self.devices = name, ps_devices
-    self.shapes = [v.shape for v in variables]
+  def __init__(self, shapes, itemsize: int, num_ps: int, min_shard_rows: int, tables=None):
+    self.shapes = [tf.TensorShape(s) for s in shapes]
+    self.tables = list(tables) if tables is not None else [False] * len(self.shapes)
+    self.itemsize, self.num_ps = itemsize, num_ps
     self.pieces = []
-    self.sizes = [0] * len(ps_devices)
-    load = [0] * len(ps_devices)
-    dtypes = {v.dtype for v in variables} or {tf.float32}
-    if len(dtypes) > 1:
-      raise ValueError(f"a sharded store holds one dtype, got {sorted(d.name for d in dtypes)}")
-    (self.dtype,) = dtypes
-    for v in variables:
-      rows = v.shape[0] if v.shape.rank else 0
-      if len(ps_devices) > 1 and rows >= max(min_shard_rows, len(ps_devices)):
-        spans = [(j, lo, hi) for j, (lo, hi) in enumerate(_shard_rows(rows, len(ps_devices)))]
+    self.sizes = [0] * num_ps                 # elements of each ps task's flat variable
+    self.bytes_per_ps = [0] * num_ps          # everything each holds
+    for shape, table in zip(self.shapes, self.tables):
+      rows = shape[0] if shape.rank else 0
+      threshold = num_ps if table else max(min_shard_rows, num_ps)
+      if num_ps > 1 and rows >= threshold:
+        spans = [(j, lo, hi) for j, (lo, hi) in enumerate(_shard_rows(rows, num_ps))]
       else:
-        j = int(np.argmin(load))
+        j = int(np.argmin(self.bytes_per_ps))
         spans = [(j, 0, rows)]
-      row_elems = int(np.prod(v.shape[1:])) if v.shape.rank else 1
+      row_elems = int(np.prod(shape[1:])) if shape.rank else 1
       pieces = []
       for j, lo, hi in spans:
-        pieces.append((j, lo, hi, self.sizes[j]))
-        self.sizes[j] += max(hi - lo, 1) * row_elems
-        load[j] += max(hi - lo, 1) * row_elems * v.dtype.size
+        elems = max(hi - lo, 1) * row_elems
+        pieces.append((j, lo, hi, None if table else self.sizes[j]))
+        if not table:
+          self.sizes[j] += elems
+        self.bytes_per_ps[j] += elems * itemsize
       self.pieces.append(pieces)
-    self.bytes_per_ps = load
-    self.flats = [shared_variable(f"{name}/{j}", [max(n, 1)], self.dtype, device)
-                  for j, (n, device) in enumerate(zip(self.sizes, ps_devices))]
+    # (variable, ps, first row, end row) of every table piece: the order of their gradients.
+    self.table_pieces = [(k, j, lo, hi) for k, pieces in enumerate(self.pieces)
+                         if self.tables[k] for j, lo, hi, _ in pieces]
 
   def piece_shape(self, k: int, lo: int, hi: int) -> list:
     shape = self.shapes[k]
     return [hi - lo, *shape[1:]] if shape.rank else []
 
+  def row_bytes(self, k: int) -> int:
+    shape = self.shapes[k]
+    return (int(np.prod(shape[1:])) if shape.rank else 1) * self.itemsize
+
   def variables_on(self, j: int):
-    """(k, first row, end row, offset, elements) of every piece on ps task j, in order."""
+    """(k, first row, end row, offset, elements) of every flat piece on ps task j, in order."""
     out = []
     for k, pieces in enumerate(self.pieces):
       for i, lo, hi, offset in pieces:
-        if i == j:
+        if i == j and offset is not None:
           out.append((k, lo, hi, offset, int(np.prod(self.piece_shape(k, lo, hi)))))
     return out
 
+
+class ShardedStore(Layout):
+  """A copy of local variables on the ps tasks, placed as `Layout` says: per ps task one flat
+  variable for the non-table variables and one variable per table piece (`table_vars`, in
+  `table_pieces` order)."""
+
+  def __init__(self, name: str, variables, ps_devices: list[str], min_shard_rows: int,
+               tables=None):
+    dtypes = {v.dtype for v in variables} or {tf.float32}
+    if len(dtypes) > 1:
+      raise ValueError(f"a sharded store holds one dtype, got {sorted(d.name for d in dtypes)}")
+    (self.dtype,) = dtypes
+    super().__init__([v.shape for v in variables], self.dtype.size, len(ps_devices),
+                     min_shard_rows, tables)
+    self.name, self.devices = name, ps_devices
+    self.flats = [shared_variable(f"{name}/{j}", [max(n, 1)], self.dtype, device)
+                  for j, (n, device) in enumerate(zip(self.sizes, ps_devices))]
+    self.table_vars = [shared_variable(f"{name}/t{k}/{j}", self.piece_shape(k, lo, hi),
+                                       self.dtype, ps_devices[j])
+                       for k, j, lo, hi in self.table_pieces]
+
   def flatten(self, values) -> list:
-    """One value per stored variable -> one flat tensor per ps task, in its layout."""
+    """One value per stored variable -> one flat tensor per ps task, in its layout (the
+    tables' values are left out: they have variables of their own)."""
     flats = []
     for j in range(len(self.devices)):
       parts = []
@@ -116,11 +145,14 @@ class ShardedStore:
       flats.append(tf.concat(parts, 0) if parts else tf.zeros([1], self.dtype))
     return flats
 
-  def unflatten(self, flats) -> list:
-    """One flat tensor per ps task -> one value per stored variable (shards concatenated)."""
+  def unflatten(self, flats, table_values=()) -> list:
+    """One flat tensor per ps task (and one value per table piece) -> one value per stored
+    variable (pieces concatenated)."""
+    tables = dict(zip(((k, j) for k, j, _, _ in self.table_pieces), table_values))
     values = []
     for k, pieces in enumerate(self.pieces):
-      parts = [tf.reshape(flats[j][offset:offset + int(np.prod(self.piece_shape(k, lo, hi)))],
+      parts = [tables[k, j] if offset is None else
+               tf.reshape(flats[j][offset:offset + int(np.prod(self.piece_shape(k, lo, hi)))],
                           self.piece_shape(k, lo, hi)) for j, lo, hi, offset in pieces]
       values.append(parts[0] if len(parts) == 1 else tf.concat(parts, axis=0))
     return values
@@ -130,10 +162,14 @@ class ShardedStore:
     for j, flat in enumerate(self.flatten(values)):
       with tf.device(self.devices[j]):
         self.flats[j].assign(flat)
+    for var, (k, j, lo, hi) in zip(self.table_vars, self.table_pieces):
+      with tf.device(self.devices[j]):
+        var.assign(tf.convert_to_tensor(values[k])[lo:hi])
 
   def read_all(self) -> list:
-    """Every stored variable's value: one read per ps task."""
-    return self.unflatten([flat.read_value() for flat in self.flats])
+    """Every stored variable's value: one read per ps task and table piece."""
+    return self.unflatten([flat.read_value() for flat in self.flats],
+                          [var.read_value() for var in self.table_vars])
 
   def read(self, k: int) -> tf.Tensor:
     return self.read_all()[k]

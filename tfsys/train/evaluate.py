@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
+from models.layers.sampling import next_ids
 from tfsys.data import VOCAB_FILE, OneBillionWord, PennTreebank, TextCorpus, Vocabulary, eval_windows
 from tfsys.errors import UserError
 from tfsys.train.checkpoint import restore_for_inference
@@ -24,8 +25,11 @@ def perplexity(nll_per_token: float) -> float:
   return math.exp(min(nll_per_token, 80.0))
 
 
-def _reset(state, reset):
+def reset_state(state, reset):
+  """The carried state, zeroed where `reset` (a window that starts the text again) says."""
   return tf.nest.map_structure(lambda s: tf.where(reset, tf.zeros_like(s), s), state)
+
+
 
 
 class Evaluator:
@@ -36,7 +40,7 @@ class Evaluator:
     self._step = tf.function(self._step_fn)
 
   def _step_fn(self, batch, state):
-    state = _reset(state, batch["reset"])
+    state = reset_state(state, batch["reset"])
     _, metrics, state = self.model.loss(batch, state, training=False)
     return metrics["nll_sum"], metrics["num_tokens"], state
 
@@ -68,10 +72,7 @@ class Sampler:
 
   def _step_fn(self, ids, state, temperature, seed):
     logits, state = self.model.logits(ids, state)
-    last = logits[:, -1, :]
-    sampled = tf.random.stateless_categorical(last / tf.maximum(temperature, 1e-6), 1, seed)[:, 0]
-    greedy = tf.argmax(last, axis=-1)
-    return tf.cast(tf.where(temperature > 0, sampled, greedy), tf.int32), state
+    return next_ids(logits[:, -1, :], temperature, seed), state
 
   def generate(self, prompt: str, num_words: int, temperature: float = 1.0, seed: int = 0
                ) -> list[str]:

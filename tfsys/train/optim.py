@@ -31,7 +31,7 @@ SCHEDULES = ("constant", "plateau")
 MIN_LEARNING_RATE = 1e-6
 
 
-def _dedup(grad: tf.IndexedSlices) -> tf.IndexedSlices:
+def sum_duplicate_rows(grad: tf.IndexedSlices) -> tf.IndexedSlices:
   """Sums the rows of a sparse gradient that share an index (as the dense gradient would)."""
   unique, pos = tf.unique(grad.indices)
   values = tf.math.unsorted_segment_sum(grad.values, pos, tf.shape(unique)[0])
@@ -70,10 +70,14 @@ class Optimizer(tf.Module):
       if g is None:
         continue
       slots = [self.slots[s][k] for s in self.slot_names]
-      strategy.extended.update(v, self._update, args=(g, learning_rate, t, *slots), group=False)
+      strategy.extended.update(v, self.update, args=(g, learning_rate, t, *slots), group=False)
     self.iterations.assign_add(1)
 
-  def _update(self, var, grad, lr, t, *slots):
+  def update(self, var, grad, lr, t, *slots):
+    """One variable's update: var and its slots (in slot_names order) from grad (a Tensor, or
+    IndexedSlices of the rows it touches), at learning rate lr and step count t (1-based, for
+    Adam's bias correction). Element-wise: applied to a flat concatenation of several variables
+    it is their updates (the parameter-server chiefs use that). Returns the variable's update op."""
     raise NotImplementedError
 
 
@@ -84,7 +88,7 @@ class SGD(Optimizer):
     super().__init__(config, "sgd")
     self.slot_names = ("momentum",) if config.momentum else ()
 
-  def _update(self, var, grad, lr, t, *slots):
+  def update(self, var, grad, lr, t, *slots):
     if not slots and isinstance(grad, tf.IndexedSlices):
       return var.scatter_sub(tf.IndexedSlices(lr * grad.values, grad.indices, grad.dense_shape))
     grad = tf.convert_to_tensor(grad)
@@ -107,9 +111,9 @@ class Adagrad(Optimizer):
   def _slot_init(self, slot):
     return float(self.config.initial_accumulator)
 
-  def _update(self, var, grad, lr, t, acc):
+  def update(self, var, grad, lr, t, acc):
     if isinstance(grad, tf.IndexedSlices):
-      grad = _dedup(grad)
+      grad = sum_duplicate_rows(grad)
       acc.scatter_add(tf.IndexedSlices(tf.square(grad.values), grad.indices, grad.dense_shape))
       step = lr * grad.values / (tf.sqrt(tf.gather(acc, grad.indices)) + self.epsilon)
       return var.scatter_sub(tf.IndexedSlices(step, grad.indices, grad.dense_shape))
@@ -125,7 +129,7 @@ class Adam(Optimizer):
   def __init__(self, config):
     super().__init__(config, "adam")
 
-  def _update(self, var, grad, lr, t, m, v):
+  def update(self, var, grad, lr, t, m, v):
     grad = tf.convert_to_tensor(grad)
     m.assign(self.beta1 * m + (1 - self.beta1) * grad)
     v.assign(self.beta2 * v + (1 - self.beta2) * tf.square(grad))

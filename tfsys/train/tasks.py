@@ -1,14 +1,25 @@
-"""What the one training loop needs to know about a model's data: its training stream, how it is
-evaluated, what its samples are. `make(config, corpus, vocab)` picks by the model's data layout
-(models.data_layout): the loop, the parameter-server drivers and the checkpoints are the same.
+"""What the one training loop and the scripts need to know about a model's data: its training
+stream, how it is evaluated, what its samples are. `make(config, corpus, vocab)` makes the task
+that the registry (models/registry.py) names for the config's model kind: the loop, the
+parameter-server drivers and the checkpoints are the same for every kind.
 
-  stream   token windows of one stream, LSTM state carried (the language models):
-           validation/test perplexity of the whole text, samples generated after a sentence end
-  sentences  whole sentences in length-bucketed batches (the sentence VAE and its RNNLM):
-           the importance-weighted bound (perplexity and NLL per sentence), the ELBO and its
-           reconstruction and KL terms, active units and mutual information; samples from the
-           prior and reconstructions of validation sentences
+  StreamTask    token windows of one stream, LSTM state carried (the language models):
+                validation/test perplexity of the whole text, samples generated after a
+                sentence end
+  SentenceTask  whole sentences in length-bucketed batches (the sentence VAE and its RNNLM):
+                the importance-weighted bound (perplexity and NLL per sentence), the ELBO and
+                its reconstruction and KL terms, active units and mutual information; samples
+                from the prior and reconstructions of validation sentences
+
+What a task offers (both classes, `Task` holds what they share):
+  training     words_per_step, per_token_scale, stream(rows, seed), bind(model)
+  evaluation   evaluate(split) -> {'loss', 'perplexity', 'num_tokens', ...},
+               train_figures() -> train/ scalars, samples(step) -> texts
+  the scripts  evaluate_ids(ids), evaluate_lines(lines, per_sentence), sample_text(prompt,
+               num_words, num_sentences, temperature, seed) on a trained model (for_model)
+  output       summary(result, prefix) -> the figures beyond perplexity, in words ('' if none)
 """
+import functools
 import math
 
 import numpy as np
@@ -27,11 +38,33 @@ MI_SENTENCES = 1000   # sentences the mutual-information estimate aggregates the
 
 
 def make(config, corpus, vocab):
-  layout = models.data_layout(config.model)
-  return (SentenceTask if layout == "sentences" else StreamTask)(config, corpus, vocab)
+  """The task of the config's model kind, for training (run.py)."""
+  return models.kind(config.model).task_class()(config, corpus, vocab)
 
 
-class StreamTask:
+def for_model(config, vocab, model, corpus=None):
+  """The task of a trained model, bound to it, for the scripts (scripts/evaluate.py, sample.py).
+  corpus: only what evaluate(split) reads; evaluate_ids and evaluate_lines need none."""
+  task = make(config, corpus, vocab)
+  task.bind(model)
+  return task
+
+
+class Task:
+  """What the tasks share (the module docstring lists what a task offers)."""
+
+  def train_figures(self) -> dict:
+    return {}
+
+  @classmethod
+  def summary(cls, result: dict, prefix: str = "") -> str:
+    """The evaluation figures beyond loss, perplexity and num_tokens, in words, for the log and
+    the scripts ('' if none). prefix: what the keys carry (results.json's 'test_')."""
+    del result, prefix
+    return ""
+
+
+class StreamTask(Task):
   """Language modelling of a token stream (tfsys/data/pipeline.py windows)."""
 
   def __init__(self, config, corpus, vocab):
@@ -57,16 +90,42 @@ class StreamTask:
     return self.evaluator.perplexity(self.corpus.token_ids(split, self.vocab),
                                      self.config.eval.max_tokens)
 
-  def train_figures(self) -> dict:
-    return {}
-
   def samples(self, step: int) -> list[str]:
     e = self.config.eval
     return [render(self.sampler.generate("", e.sample_words, e.temperature, seed=step * 100 + k),
                    self.vocab.eos) for k in range(e.num_samples)]
 
+  # ---------------------------------------------------------------- the scripts
+  def evaluate_ids(self, ids: np.ndarray) -> dict:
+    """Perplexity of a token stream (a sentence end after every sentence), laid out in
+    eval.batch_size rows that each start from a zero state, the state carried from sentence to
+    sentence (the corpora's convention)."""
+    return self.evaluator.perplexity(ids)
 
-class SentenceTask:
+  def evaluate_lines(self, lines: list[str], per_sentence: bool = False) -> dict:
+    """Perplexity of tokenised lines, a sentence end after each: as one stream, or with
+    per_sentence each line on its own from a zero state after a sentence end, as the
+    SavedModel's serving_default scores it (its serving module, in process)."""
+    if per_sentence:
+      import tempfile
+      from tfsys.serving import in_process_server
+      with tempfile.TemporaryDirectory() as tmp:
+        server = in_process_server(self.model, self.vocab, tmp)
+        return server.score_text(server.score, lines)
+    eos = np.int32(self.vocab.eos_id)
+    return self.evaluate_ids(np.concatenate([np.append(self.vocab.encode(line.split()), eos)
+                                             for line in lines]))
+
+  def sample_text(self, prompt: str, num_words: int, num_sentences: int, temperature: float,
+                  seed: int) -> list[str]:
+    """The prompt and num_words words generated after it, as one text (num_sentences is the
+    sentence models')."""
+    del num_sentences
+    words = self.sampler.generate(prompt, num_words, temperature, seed)
+    return [render(prompt.split() + words, self.vocab.eos)]
+
+
+class SentenceTask(Task):
   """Whole sentences (tfsys/data/sentences.py) for sentence models (models/sentence_vae.py)."""
 
   def __init__(self, config, corpus, vocab):
@@ -80,9 +139,14 @@ class SentenceTask:
         raise UserError(f"--config.{name} must be positive, got {value}")
     self._sentences = {}
     self.per_token_scale = 1.0
+
+  @functools.cached_property
+  def words_per_step(self) -> float:
+    """Tokens per step on average: the training sentences' mean length (read when first asked:
+    the scripts evaluate texts without the training split)."""
     train = self.sentences("train")
-    self.tokens_per_sentence = sum(len(s) + 1 for s in train) / max(len(train), 1)
-    self.words_per_step = self.tokens_per_sentence * config.train.batch_size
+    tokens_per_sentence = sum(len(s) + 1 for s in train) / max(len(train), 1)
+    return tokens_per_sentence * self.config.train.batch_size
 
   def sentences(self, split: str) -> list[np.ndarray]:
     if split not in self._sentences:
@@ -108,10 +172,13 @@ class SentenceTask:
     the figure compared with the RNNLM, whose bound is its exact likelihood. nll is the same per
     sentence (Bowman et al. Table 2's unit); elbo* are the ELBO's, from the same samples.
     """
-    e = self.config.eval
     sentences = self.sentences(split)
-    if split == "valid" and e.max_sentences:   # periodic checks; the test is always read whole
-      sentences = sentences[:e.max_sentences]
+    if split == "valid" and self.config.eval.max_sentences:   # periodic checks; test: whole
+      sentences = sentences[:self.config.eval.max_sentences]
+    return self._evaluate(sentences)
+
+  def _evaluate(self, sentences: list[np.ndarray]) -> dict:
+    e = self.config.eval
     return evaluate_sentences(self._evaluate_batch, self.model.latent_dim, sentences,
                               self.vocab.eos_id, e.batch_size, e.iw_samples, self.config.seed)
 
@@ -142,6 +209,40 @@ class SentenceTask:
       texts = [" ".join(self.vocab.decode(s)) for s in valid]
       out += [f"reconstruct: {t} => {r}" for t, r in zip(texts, self.coder.reconstruct(texts))]
     return out
+
+  # ---------------------------------------------------------------- the scripts
+  def evaluate_ids(self, ids: np.ndarray) -> dict:
+    """evaluate()'s figures for the sentences of a token stream (a sentence end after each)."""
+    return self._evaluate(split_sentences(ids, self.vocab.eos_id))
+
+  def evaluate_lines(self, lines: list[str], per_sentence: bool = False) -> dict:
+    """evaluate()'s figures for tokenised lines, one sentence each (every sentence is scored on
+    its own anyway: per_sentence changes nothing)."""
+    del per_sentence
+    return self._evaluate([self.vocab.encode(line.split()) for line in lines])
+
+  def sample_text(self, prompt: str, num_words: int, num_sentences: int, temperature: float,
+                  seed: int) -> list[str]:
+    """num_sentences sentences decoded from z ~ N(0, I) drawn from the seed (prompt and
+    num_words are the language models')."""
+    del prompt, num_words
+    return self.coder.sample_prior(num_sentences, seed, temperature)
+
+  # The figures summary() puts in words, each in results under its name (with the prefix).
+  SUMMARY_KEYS = ("nll", "iw_samples", "elbo", "reconstruction_nll", "kl", "active_units",
+                  "mutual_info")
+
+  @classmethod
+  def summary(cls, result: dict, prefix: str = "") -> str:
+    """The bound per sentence (Bowman et al. Table 2's unit), the ELBO and its two terms, and
+    what z carries; '' when the bound was not finite (evaluate then gives perplexity alone)."""
+    if not all(prefix + k in result for k in cls.SUMMARY_KEYS):
+      return ""
+    r = {k: result[prefix + k] for k in cls.SUMMARY_KEYS}
+    return (f"NLL {r['nll']:.2f} per sentence (importance-weighted bound, {r['iw_samples']} "
+            f"samples), ELBO {r['elbo']:.2f} (reconstruction NLL {r['reconstruction_nll']:.2f}, "
+            f"KL {r['kl']:.2f}), active units {r['active_units']}, mutual information "
+            f"{r['mutual_info']:.3f}")
 
 
 def active_units(mean: np.ndarray) -> int:

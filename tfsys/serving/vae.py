@@ -1,6 +1,6 @@
 """The serving contract of a sentence VAE (models/sentence_vae.py), on raw strings.
 
-Written by tfsys/export.py's `export()` like the language models' (same versioned layout, the
+Written by tfsys/serving's `export()` like the language models' (same versioned layout, the
 vocabulary as an asset); everything runs in the graph. Sentences are split on whitespace, words
 outside the vocabulary read as <unk>, and a sentence longer than the model's max_length words
 (data.max_length) is cut to its first max_length words, which `truncated` reports.
@@ -33,28 +33,27 @@ infinite; a z of another size, or with a NaN or infinite entry (it would decode 
 argmax makes of NaN logits); a negative count; fewer than 2 steps.
 
 A scoring request is scored `score_rows` sentences at a time, as the language models' are
-(tfsys/export.py): its memory does not grow with its size. The importance samples are drawn
+(tfsys/serving/common.py): its memory does not grow with its size. The importance samples are drawn
 per slice: slice j from the seed (0, j × IW_SAMPLES), so a request of at most score_rows
 sentences draws exactly what it drew before slicing, and every slice draws its own.
 """
 import tensorflow as tf
 
-from tfsys.export import SCORE_ROWS, check_score_rows, check_temperature, in_row_slices, vocab_tables
+from tfsys.serving.common import (SCORE_ROWS, Server, check_temperature, in_row_slices,
+                                  sentence_batch)
 
 IW_SAMPLES = 100   # importance samples of the exported bound (eval.iw_samples is for training)
 
 
-class SentenceVAEServer(tf.Module):
+class SentenceVAEServer(Server):
 
   def __init__(self, model, vocab, vocab_asset_path: str, max_length: int,
                score_rows: int = SCORE_ROWS):
-    super().__init__(name="vae_server")
-    self.model = model
-    self.score_rows = check_score_rows(score_rows)
+    """max_length: the model's data.max_length; longer sentences are cut to it."""
+    super().__init__("vae_server", model, vocab, vocab_asset_path, score_rows)
     self.max_length = max_length
     self.latent_dim = model.latent_dim
     self.eos_id = vocab.eos_id
-    self.vocab_file, self.word_to_id, self.id_to_word = vocab_tables(vocab, vocab_asset_path)
     strings = tf.TensorSpec([None], tf.string)
     scalar = lambda dtype: tf.TensorSpec([], dtype)  # noqa: E731
     self.score = tf.function(self._score, input_signature=[strings])
@@ -77,18 +76,7 @@ class SentenceVAEServer(tf.Module):
   def _batch(self, sentences):
     """Raw sentences -> the model's padded batch (tfsys/data/sentences.py's layout) and which
     sentences were cut to max_length words."""
-    words = tf.strings.split(sentences)
-    truncated = words.row_lengths() > self.max_length
-    words = words[:, :self.max_length]
-    ids = tf.ragged.map_flat_values(lambda w: tf.cast(self.word_to_id.lookup(w), tf.int32), words)
-    batch = tf.shape(sentences)[0]
-    lengths = tf.cast(ids.row_lengths(), tf.int32) + 1
-    width = tf.maximum(tf.reduce_max(tf.concat([lengths, [1]], 0)), 1)
-    eos = tf.fill([batch, 1], self.eos_id)
-    return {"inputs": tf.concat([eos, ids], 1).to_tensor(self.eos_id, shape=[batch, width]),
-            "targets": tf.concat([ids, eos], 1).to_tensor(self.eos_id, shape=[batch, width]),
-            "weights": tf.sequence_mask(lengths, width, tf.float32),
-            "lengths": lengths}, truncated
+    return sentence_batch(sentences, self._ids, self.eos_id, self.max_length)
 
   def _text(self, ids):
     """Generated ids [B, L] -> one string per row: the words before the first <eos>."""
@@ -150,3 +138,22 @@ class SentenceVAEServer(tf.Module):
     t = tf.linspace(0.0, 1.0, steps)[:, None]
     z = (1.0 - t) * mean[0] + t * mean[1]
     return {"text": self._generate(z, tf.constant(0.0), tf.constant(0)), "z": z}
+
+  # ---------------------------------------------------------------- the client's side
+  @classmethod
+  def follows(cls, signatures) -> bool:
+    return "sample" in signatures
+
+  @staticmethod
+  def log_probs(outputs):
+    return -outputs["iw_nll"]   # the importance-weighted bound on log p(x)
+
+  @classmethod
+  def sample_text(cls, signatures, prompt: str, num_words: int, num_sentences: int,
+                  temperature: float, seed: int) -> list[str]:
+    """num_sentences sentences from the prior (prompt and num_words are the language models')."""
+    del prompt, num_words
+    out = signatures["sample"](count=tf.constant(num_sentences),
+                               temperature=tf.constant(temperature, tf.float32),
+                               seed=tf.constant(seed))
+    return [text.decode("utf-8", errors="replace") for text in out["text"].numpy()]

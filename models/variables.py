@@ -1,0 +1,88 @@
+"""Declared variables: a model says what variables it needs; a placement creates them.
+
+A model lists `VariableSpec`s (name, shape, dtype, initial value, and whether the variable is a
+row-gathered table: an embedding, or a softmax trained with sampled negatives) and receives the
+variables from a placement object. The placement decides where they live; the model only uses
+them. Two placements exist (after flax's logical partitioning and big_vision's rule lists, in
+the spirit of DESIGN.md §9):
+
+  WholeVariables   each variable whole, wherever the scope it is created in puts it (the
+                   all-reduce backends create the model under their strategy's scope, which
+                   mirrors it over the replicas)
+  ServerPlacement  the parameter-server backends: a whole working copy in each client, and a
+                   record of the specs from which tfsys/distribute/ps.py lays the variables out
+                   over the ps tasks (the tables split by rows, the rest whole)
+
+Nothing is allocated to describe a model: `variable_specs(config, vocab_size)` works for a
+billion-word configuration on any machine (the initial values are made only by `create`).
+"""
+import dataclasses
+from typing import Callable, Protocol
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableSpec:
+  """One variable a model needs."""
+  name: str
+  shape: tuple
+  initial_value: Callable[[], tf.Tensor]   # called once, by the placement
+  dtype: tf.DType = tf.float32
+  table: bool = False       # rows are gathered: gradients are rows, it may be split by rows
+  rows_per_token: int = 0   # a table's rows one batch touches: at most this many per token...
+  rows_per_batch: int = 0   # ...plus this many (the sampled negatives)
+
+  def touched_rows(self, tokens: int) -> int:
+    """At most how many of a table's rows a batch of `tokens` tokens touches."""
+    return min(self.shape[0], tokens * self.rows_per_token + self.rows_per_batch)
+
+  @property
+  def bytes(self) -> int:
+    n = 1
+    for d in self.shape:
+      n *= d
+    return n * self.dtype.size
+
+
+class Placement(Protocol):
+  def create(self, spec: VariableSpec) -> tf.Variable: ...   # the variable spec declares
+
+
+class WholeVariables:
+  """Each variable whole, in the current device and strategy scope."""
+
+  def __init__(self):
+    self.specs = {}   # variable ref -> its spec
+
+  def create(self, spec: VariableSpec) -> tf.Variable:
+    v = tf.Variable(spec.initial_value(), name=spec.name, dtype=spec.dtype)
+    self.specs[v.ref()] = spec
+    return v
+
+  def spec_of(self, variable) -> VariableSpec:
+    return self.specs[variable.ref()]
+
+  def tables(self, variables) -> list[bool]:
+    """Which of `variables` are row-gathered tables (in their order)."""
+    return [self.spec_of(v).table for v in variables]
+
+
+class ServerPlacement(WholeVariables):
+  """A parameter-server client's: its working copies are whole variables here; the state they
+  are a copy of lives on the ps tasks, laid out by `tables()` (tfsys/train/ps/state.py)."""
+
+
+def create_all(specs, placement=None) -> dict:
+  """{name: variable} for specs, created by placement (default: whole variables)."""
+  placement = placement or WholeVariables()
+  return {spec.name: placement.create(spec) for spec in specs}
+
+
+def uniform(shape, scale: float, seed: int):
+  """The initial value of a weight matrix: U(-scale, scale), drawn from seed when created."""
+  return lambda: tf.random_uniform_initializer(-scale, scale, seed=seed)(shape)
+
+
+def constant(shape, value: float = 0.0):
+  return lambda: tf.fill(shape, value)

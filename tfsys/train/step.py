@@ -1,0 +1,36 @@
+"""The one training step: the gradient of a model's loss on a batch, a pure function.
+
+Every backend computes its gradients here: the all-reduce backends inside `strategy.run` (one
+call per replica, before their all-reduce), the parameter-server workers before they push
+(tfsys/train/ps/workers.py). Distribution (the all-reduce, the push to the ps, clipping and the
+update) is the executor's, around it, as flax's `train_step` is pure and pmap is added outside.
+"""
+import tensorflow as tf
+
+from tfsys.train.evaluate import reset_state
+
+
+def sq_norm(grads):
+  """Squared L2 norm of a gradient list; sparse rows are summed per index first (densified)."""
+  return tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads if g is not None])
+
+
+def gradient_step(model, variables, scale: float):
+  """fn(batch, state, step, replica) -> (loss, gradients, metric sums, new state).
+
+  The state is reset in the rows where the batch starts a new stream row (batch["reset"]). The
+  gradients are those of `loss × scale`: an all-reduce replica passes per_token_scale / replicas
+  so that the summed gradients are the gradient of the global-batch mean; loss_per="sequence"
+  makes per_token_scale the unroll length (the objective of Zaremba et al. 2014 and Kim et al.
+  2016, which their lr = 1 with clipping at 5 was tuned for). `step` and `replica` seed the
+  step's random draws (dropout, sampled negatives): a step recomputed draws the same.
+  """
+  def fn(batch, state, step, replica=None):
+    state = reset_state(state, batch["reset"])
+    # A replica of an all-reduce strategy finds its index in the replica context itself.
+    where = {} if replica is None else {"replica": replica}
+    with tf.GradientTape() as tape:
+      loss, metrics, new_state = model.loss(batch, state, training=True, step=step, **where)
+      scaled = loss * scale
+    return loss, tape.gradient(scaled, variables), metrics, new_state
+  return fn
