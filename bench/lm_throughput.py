@@ -65,7 +65,8 @@ LATE_SECS = 0.05      # a return later than this after the last step is the auto
 
 def step_stats(step_secs, returned_after_s: float) -> dict:
   """Median and spread of per-step times, the share of steps at 204.8 ms, and how long the
-  contender took to return after its training ended (ours: Run.finish; Keras: on_train_end)."""
+  contender took to return after its training ended (ours: Controller.finish; Keras:
+  on_train_end)."""
   s = np.asarray(step_secs, np.float64)
   at_cap = float(np.mean(np.abs(s - CAP_SECS) <= CAP_TOLERANCE)) if len(s) else 0.0
   return {"median_ms": round(float(np.median(s)) * 1e3, 2),

@@ -6,7 +6,7 @@ Each trial makes an iterator, takes one element every 20 ms for CONSUME_S second
 iterator and times the deletion. No Keras involved. --busy keeps the cores busy with matmuls in
 another thread meanwhile, as training does; --feed=ours reads tfsys's own stream (PTB windows,
 from_generator + prefetch(2)) through the default strategy's `distribute_datasets_from_function`,
-as tfsys/train/loop.py does.
+as tfsys/train/allreduce.py does.
 
 Why: with autotuning on (tf.data's default), the first GetNext starts a `tf_data_model` thread
 (Model::OptimizeLoop) that sleeps on a condition variable between optimisation rounds, the gap

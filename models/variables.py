@@ -9,9 +9,10 @@ the spirit of DESIGN.md §9):
   WholeVariables   each variable whole, wherever the scope it is created in puts it (the
                    all-reduce backends create the model under their strategy's scope, which
                    mirrors it over the replicas)
-  ServerPlacement  the parameter-server backends: a whole working copy in each client, and a
-                   record of the specs from which tfsys/distribute/ps.py lays the variables out
-                   over the ps tasks (the tables split by rows, the rest whole)
+  ServerPlacement  the parameter-server backends: a whole working copy in each client, and the
+                   stores of their state on the ps tasks (`store`: the tables split by rows over
+                   them, each piece a variable of its own, the rest as tfsys/distribute/ps.py
+                   lays them out)
 
 Nothing is allocated to describe a model: `variable_specs(config, vocab_size)` works for a
 billion-word configuration on any machine (the initial values are made only by `create`).
@@ -36,13 +37,6 @@ class VariableSpec:
   def touched_rows(self, tokens: int) -> int:
     """At most how many of a table's rows a batch of `tokens` tokens touches."""
     return min(self.shape[0], tokens * self.rows_per_token + self.rows_per_batch)
-
-  @property
-  def bytes(self) -> int:
-    n = 1
-    for d in self.shape:
-      n *= d
-    return n * self.dtype.size
 
 
 class Placement(Protocol):
@@ -69,8 +63,20 @@ class WholeVariables:
 
 
 class ServerPlacement(WholeVariables):
-  """A parameter-server client's: its working copies are whole variables here; the state they
-  are a copy of lives on the ps tasks, laid out by `tables()` (tfsys/train/ps/state.py)."""
+  """A parameter-server client's: its working copies are whole variables here, and `store`
+  places the state they are a copy of on the ps tasks: the tables split by rows, the rest as
+  tfsys/distribute/ps.py's Layout says. Every client makes the same stores by name."""
+
+  def __init__(self, ps_devices, min_shard_rows: int):
+    super().__init__()
+    self.ps_devices, self.min_shard_rows = ps_devices, min_shard_rows
+
+  def store(self, name: str, variables, like=None):
+    """A ShardedStore of `variables` on the ps tasks, placed as the model's variables `like`
+    (default: themselves) are: an optimizer's slots go where their variables go."""
+    from tfsys.distribute.ps import ShardedStore   # (models/ needs tfsys only here)
+    return ShardedStore(name, variables, self.ps_devices, self.min_shard_rows,
+                        self.tables(like if like is not None else variables))
 
 
 def create_all(specs, placement=None) -> dict:

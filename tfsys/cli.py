@@ -95,7 +95,7 @@ def run(main):
         traceback.print_exc()
       _fail(str(e), e.exit_status)
     except KeyboardInterrupt as e:
-      # SigTerm (tfsys.train.preemption): a ps chief's SIGTERM escaping its loop's own handling.
+      # SigTerm (tfsys.train.interrupts): a SIGTERM raised where Ctrl-C's clean-up applies.
       sys.exit(EXIT_PREEMPTED if type(e).__name__ == "SigTerm" else EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001  a bug: one line here, the traceback in a file
       if storage_errno(e) is not None:   # a write without space or permission, where none expected it

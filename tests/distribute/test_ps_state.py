@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import configs.common
+from models.variables import ServerPlacement, VariableSpec
 from tfsys.distribute import ps
 from tfsys.errors import UserError
 from tfsys.train.optim import make_optimizer
@@ -70,16 +71,20 @@ def test_bad_straggler_settings():
 
 # ---------------------------------------------------------------- sparse table gradients
 class _Run:
-  """What PSState reads of a Run: one table [10, 3] and one dense variable [4]."""
+  """What PSState reads of a Run: one table [10, 3] and one dense variable [4], made by the
+  parameter-server placement."""
 
   def __init__(self, optimizer_name, clip_norm=0.0):
     config = configs.common.base_config()
     config.optim.name, config.optim.clip_norm = optimizer_name, clip_norm
     config.optim.initial_accumulator = 0.1
     self.config = config
-    self.variables = [tf.Variable(np.arange(30, dtype=np.float32).reshape(10, 3)),
-                      tf.Variable(np.ones(4, np.float32))]
-    self.model_tables = [True, False]
+    self.placement = ServerPlacement([CPU, CPU], min_shard_rows=1000)
+    self.variables = [
+        self.placement.create(VariableSpec(
+            "table", (10, 3), lambda: np.arange(30, dtype=np.float32).reshape(10, 3), table=True,
+            rows_per_token=1)),
+        self.placement.create(VariableSpec("dense", (4,), lambda: np.ones(4, np.float32)))]
     self.optimizer = make_optimizer(config.optim)
     self.optimizer.build(self.variables)
     self.backend = types.SimpleNamespace(

@@ -262,9 +262,9 @@ def test_async_ps_trains_with_every_worker_applying(tmp_path):
 
 
 # ---------------------------------------------------------------- Ctrl-C in the sync chief
-# The chief's SIGINT handling (interrupts.Interrupts) with the ps loop stood in for by a function run
-# the same way (a _Call), and the signal sent at each moment of a stretch that used to lose the
-# ps: no cluster and no timing, so each moment is hit every time.
+# The chief's SIGINT handling (interrupts.Interrupts) with the ps loop stood in for by a function
+# run the same way (a calls.Call), and the signal sent at each moment of a stretch that used to
+# lose the ps: no cluster and no timing, so each moment is hit every time.
 @pytest.fixture
 def ctrl_c():
   from tfsys.train.interrupts import Interrupts

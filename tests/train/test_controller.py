@@ -97,6 +97,7 @@ class _Executor:
   """Runs steps instantly; the loss of step s is `losses(s)`. `signal_at` raises a signal in
   the middle of the call that runs that step."""
   agreed_stop = True
+  alone = False   # like multi_worker: a request rides the next step to the other workers
 
   def __init__(self, run, per_call, losses=lambda s: 1.0, signal_at=None, sig=signal.SIGINT):
     self.r, self.max_steps_per_call = run, per_call
@@ -109,6 +110,9 @@ class _Executor:
   def train(self, n, interrupts):
     start = self.r.step_var.value
     stop = interrupts.requested   # the flag the call's steps pass on, read as it starts
+    if stop and self.alone:
+      return Stretch(start=start, steps=0, losses=np.zeros(0), grad_norms=np.zeros(0),
+                     learning_rates=np.zeros(0), stopped=True)
     if stop:   # a request rides the next step: every worker stops after it
       n = 1
     steps = list(range(start + 1, start + n + 1))
@@ -208,6 +212,15 @@ def test_ctrl_c_in_a_call_saves_the_last_completed_step(tmp_path, sigint, per_ca
   holding = [b for a, b in executor.calls if a <= 13 <= b]
   assert executor.calls[-1] == (holding[0] + 1,) * 2 and run.saved == [holding[0] + 1]
   assert run.saved == [14 if per_call == 1 else 16]   # calls 1-6, 7-10 (a duty), 11-15 (one)
+
+
+def test_ctrl_c_in_a_call_of_a_process_alone_saves_the_step_it_completed(tmp_path, sigint):
+  run = _Run(tmp_path, total=50)
+  executor = _Executor(run, 1, signal_at=13)
+  executor.alone = True   # single, mirrored: nobody to agree with
+  with pytest.raises(KeyboardInterrupt):
+    _train(run, executor)
+  assert executor.calls[-1] == (13, 13) and run.saved == [13]
 
 
 def test_sigterm_saves_then_says_preempted(tmp_path):

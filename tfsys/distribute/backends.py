@@ -34,7 +34,7 @@ class PSCluster:
   role: str                  # ps | chief | worker
   ps_devices: list
   num_workers: int
-  replicas_to_aggregate: int  # N: gradients per update (async_ps: 1 per update)
+  replicas_to_aggregate: int  # N: gradients per update (async_ps: every worker, each alone)
   chief_address: str
 
   @property
@@ -80,7 +80,6 @@ class Backend:
         f"[{self.cluster.name}] lost {who} of the all-reduce ({type(e).__name__}: {why}); "
         "exiting. multi_worker cannot go on without a worker: relaunch the cluster to resume "
         "from the last checkpoint")
-
 
   @property
   def replicas(self) -> int:

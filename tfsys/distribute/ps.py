@@ -163,8 +163,9 @@ class ShardedStore(Layout):
       with tf.device(self.devices[j]):
         self.flats[j].assign(flat)
     for var, (k, j, lo, hi) in zip(self.table_vars, self.table_pieces):
+      piece = tf.convert_to_tensor(values[k])[lo:hi]   # sliced here: only the piece travels
       with tf.device(self.devices[j]):
-        var.assign(tf.convert_to_tensor(values[k])[lo:hi])
+        var.assign(piece)
 
   def read_all(self) -> list:
     """Every stored variable's value: one read per ps task and table piece."""
@@ -196,6 +197,12 @@ def started_queue(device: str):
   with tf.init_scope(), tf.device(device):
     return tf.raw_ops.FIFOQueueV2(component_types=[tf.int64], shapes=[[]], capacity=-1,
                                   shared_name=f"{PREFIX}started")
+
+
+def dequeue_all(queue, component_types=(tf.int64,)):
+  """Takes whatever `queue` holds now, without waiting (in a tf.function, on its device)."""
+  return tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
+                                       component_types=list(component_types))
 
 
 COMMIT_TYPES = [tf.int64, tf.int64, tf.float32, tf.float32, tf.float32]

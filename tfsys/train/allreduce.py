@@ -7,6 +7,7 @@ K. Between the steps of a call nothing returns to Python (on a GPU a `float()` p
 the device until the step is done). The per-replica LSTM state is a loop variable: it stays on
 its replica's device from one step to the next.
 """
+import numpy as np
 import tensorflow as tf
 
 from tfsys.train.executor import Stretch
@@ -20,7 +21,9 @@ class AllReduceExecutor:
     self.r = run
     config, strategy = run.config, run.backend.strategy
     self.strategy = strategy
-    self.max_steps_per_call = max(int(config.train.get("steps_per_loop", 1)), 1)
+    self.max_steps_per_call = int(config.train.get("steps_per_loop", 1))
+    self.alone = run.backend.cluster is None   # single, mirrored: no other worker process
+    self._step = run.start
     model, optimizer, learning_rate = run.model, run.optimizer, run.learning_rate
     variables, step_var = run.variables, run.step_var
     replicas, local_batch = run.replicas, run.local_batch
@@ -121,8 +124,11 @@ class AllReduceExecutor:
     self._iterator = iter(dataset)
 
   def train(self, num_steps: int, interrupts) -> Stretch:
-    r = self.r
-    start = int(r.step_var.numpy())
+    r, start = self.r, self._step
+    if interrupts.requested and self.alone:
+      # No other worker to tell: stop at the step done, without one more.
+      return Stretch(start=start, steps=0, losses=np.zeros(0), grad_norms=np.zeros(0),
+                     learning_rates=np.zeros(0), stopped=True)
     trace = not self._traced and r.start == 0 and start == 0
     if trace:
       r.writers.trace_on()
@@ -133,6 +139,7 @@ class AllReduceExecutor:
       r.writers.trace_export("train", "train_step", start)
     self._traced = True
     rows = rows.numpy()   # the call's one host synchronisation
+    self._step += len(rows)
     k = 5 if self.track_noise else 3
     return Stretch(
         start=start, steps=len(rows), losses=rows[:, 0], grad_norms=rows[:, 1],
@@ -142,7 +149,7 @@ class AllReduceExecutor:
         stopped=bool(stopped))
 
   def halt(self) -> int:
-    return int(self.r.step_var.numpy())
+    return self._step
 
   def to_host(self, slots: bool) -> None:
     del slots   # the variables are the chief's own

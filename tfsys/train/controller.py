@@ -50,6 +50,9 @@ class Controller:
     self.uniform_loss = math.log(len(run.vocab))
     self._steady = None   # (time, step) at the first progress line: throughput after start-up
     self._losses, self._sums = [], {}
+    # The profiled steps as configured (the profiler forgets them where it does not trace: a
+    # worker that is not the chief), so that every worker cuts its calls the same way.
+    self.profile_steps = profiler.steps
 
   # ---------------------------------------------------------------- the loop
   def steps_until_duty(self, step: int) -> int:
@@ -62,8 +65,8 @@ class Controller:
     n = nxt - step
     if self.ex.max_steps_per_call:
       n = min(n, self.ex.max_steps_per_call)
-    if self.profiler.steps:
-      first, last = self.profiler.steps
+    if self.profile_steps:
+      first, last = self.profile_steps
       if step + 1 < first:
         n = min(n, first - 1 - step)
       elif step + 1 <= last:
@@ -76,6 +79,7 @@ class Controller:
     self.throughput = Throughput(step, r.total_steps)
     self.profiler.begin(step, enabled=r.is_chief)
     interrupts.install()
+    stopped = False
     try:
       ex.begin()
       while step < r.total_steps:
@@ -87,11 +91,15 @@ class Controller:
           self.profiler.after(stretch.end)
           self._account(stretch)
         before, step = step, stretch.end
-        if stretch.stopped:
-          self.save(step)
-          raise interrupts.stop_error(step)
+        # A signal after the executor returned (during the bookkeeping) stops a chief here too.
+        stopped = stretch.stopped or (interrupts.requested and not ex.agreed_stop)
+        if stopped:   # every worker has the step done: save it
+          if step > self.saved_step:
+            self.save(step)
+          break
         self._duties(before, step)
     except Interrupts.Again:
+      ex.halt()
       logging.warning("Ctrl-C again: leaving without waiting for the step under way; not "
                       "saved, so a run of the same command resumes at step %d", self.saved_step)
       raise
@@ -112,7 +120,12 @@ class Controller:
       interrupts.uninstall()
       self.profiler.stop()   # a run that ends (or fails) before step B still writes its trace
       ex.end()
-    return self.finish(step)
+    if not stopped:
+      return self.finish(step)
+    error = interrupts.stop_error(step)
+    if isinstance(error, KeyboardInterrupt):
+      logging.info("interrupted at step %d; run the same command again to resume", step)
+    raise error
 
   def _account(self, s) -> None:
     """Checks and records each step of a stretch (before any duty at its end is done)."""
@@ -166,6 +179,7 @@ class Controller:
     self.r.step_var.assign(step)
     self.r.save(step, self.ex.state_rows())
     self.saved_step = step
+    self.r.writers.flush()   # what was logged up to the checkpoint, on disk with it
 
   # ---------------------------------------------------------------- evaluation
   def evaluate_and_sample(self, step: int) -> None:

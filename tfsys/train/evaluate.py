@@ -15,6 +15,7 @@ from models.layers.sampling import next_ids
 from tfsys.data import VOCAB_FILE, OneBillionWord, PennTreebank, TextCorpus, Vocabulary, eval_windows
 from tfsys.errors import UserError
 from tfsys.train.checkpoint import restore_for_inference
+from tfsys.train.step import reset_state
 from tfsys.train.workdir import load_config
 
 CORPORA = {"ptb": PennTreebank, "lm1b": OneBillionWord, "text": TextCorpus}
@@ -23,13 +24,6 @@ CORPORA = {"ptb": PennTreebank, "lm1b": OneBillionWord, "text": TextCorpus}
 def perplexity(nll_per_token: float) -> float:
   """exp(NLL), capped at exp(80) so that summaries (float32) never overflow on a diverging run."""
   return math.exp(min(nll_per_token, 80.0))
-
-
-def reset_state(state, reset):
-  """The carried state, zeroed where `reset` (a window that starts the text again) says."""
-  return tf.nest.map_structure(lambda s: tf.where(reset, tf.zeros_like(s), s), state)
-
-
 
 
 class Evaluator:

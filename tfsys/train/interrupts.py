@@ -89,7 +89,9 @@ class Interrupts:
         return   # rides the next step's all-reduce
     if not self._deferring:
       raise self.kind
-    if again:
+    if again and not self.agreed:
+      # (An all-reduce call always returns, and Python runs no handler until it has: there a
+      # second signal stays a request, and the step is saved.)
       raise self.Again
     self.events.put(signum)
 

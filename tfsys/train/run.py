@@ -33,8 +33,8 @@ class NonFiniteLossError(DivergedError):
 
 def check(config):
   t = config.train
-  for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
-    if t[name] <= 0:
+  for name in ("log_every", "checkpoint_every", "keep_checkpoints", "steps_per_loop"):
+    if t.get(name, 1) <= 0:   # (configs saved before steps_per_loop existed lack it)
       raise UserError(f"--config.train.{name} must be positive, got {t[name]}")
   if config.optim.loss_per not in ("token", "sequence"):
     raise UserError(f"--config.optim.loss_per must be token or sequence, got {config.optim.loss_per!r}")
@@ -91,7 +91,8 @@ class Run:
 
     # The model declares its variables; the placement creates them: whole under the strategy
     # (mirrored over its replicas), or as a ps client's working copies of the ps tasks' state.
-    self.placement = ServerPlacement() if backend.ps is not None else WholeVariables()
+    self.placement = (ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows)
+                      if backend.ps is not None else WholeVariables())
     with strategy.scope():
       self.model = models.build(config.model, self.vocab.words, seed=config.seed,
                                 placement=self.placement)
@@ -100,7 +101,6 @@ class Run:
       self.learning_rate = LearningRate(config.optim, batch)
       self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.variables = self.model.trainable_variables
-    self.model_tables = self.placement.tables(self.variables)   # row-gathered tables
     # The LSTM state of the whole global batch, for checkpoints only; during training each
     # replica carries its own rows.
     self.carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),

@@ -7,7 +7,10 @@ update) is the executor's, around it, as flax's `train_step` is pure and pmap is
 """
 import tensorflow as tf
 
-from tfsys.train.evaluate import reset_state
+
+def reset_state(state, reset):
+  """The carried state, zeroed where `reset` (a window that starts the text again) says."""
+  return tf.nest.map_structure(lambda s: tf.where(reset, tf.zeros_like(s), s), state)
 
 
 def sq_norm(grads):

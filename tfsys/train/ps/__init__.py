@@ -1,9 +1,10 @@
 """Training on parameter servers: sync_backup (Chen et al. 2016) and async_ps.
 
-Tasks (TF_CONFIG): `ps` tasks serve the state (state.py) and run nothing of their own; the
-`chief` owns the run through the one controller, with its executor (sync_chief.py: it applies
-every update; async_chief.py: it watches the workers apply theirs); the `worker` tasks compute
-gradients with the one step (workers.py). sync_backup writes one record per step (records.py);
+Tasks (TF_CONFIG): `ps` tasks serve the state (server.py; its layout and protocol: state.py)
+and run nothing of their own; the `chief` owns the run through the one controller, with its
+executor (chief.py what both kinds share; sync_chief.py: it applies every update;
+async_chief.py: it watches the workers apply theirs); the `worker` tasks compute gradients with
+the one step (workers.py). memory.py reports what each ps task holds, from shapes. sync_backup writes one record per step (records.py);
 straggler.py injects the delays its benchmark studies.
 
 `config.train.batch_size` is the batch of one update: N × the per-worker batch under
@@ -14,7 +15,8 @@ import tensorflow as tf
 
 from tfsys.errors import TaskLostError, exit_now
 from tfsys.train.controller import Controller
-from tfsys.train.ps.state import PSState, PSWatch, serve
+from tfsys.train.ps.server import PSWatch, serve
+from tfsys.train.ps.state import PSState
 from tfsys.train.run import Run
 
 

@@ -10,8 +10,7 @@ from absl import logging
 
 from tfsys.distribute import ps as ps_lib
 from tfsys.train.executor import Stretch
-from tfsys.train.ps.state import ChiefExecutor
-from tfsys.train.ps.workers import write_step_graph
+from tfsys.train.ps.chief import ChiefExecutor, write_step_graph
 
 POLL_SECS = 0.05
 
@@ -26,9 +25,7 @@ class AsyncChief(ChiefExecutor):
     @tf.function
     def take_commits():
       with tf.device(s.devices[0]):
-        return tf.raw_ops.QueueDequeueUpToV2(
-            handle=s.commits, n=tf.raw_ops.QueueSizeV2(handle=s.commits),
-            component_types=ps_lib.COMMIT_TYPES)
+        return ps_lib.dequeue_all(s.commits, ps_lib.COMMIT_TYPES)
     self._take_commits = take_commits
 
   def begin(self) -> None:
@@ -73,4 +70,6 @@ class AsyncChief(ChiefExecutor):
     return {f"async/applied_by/worker{w}": n for w, n in self.by_worker.items()}
 
   def end(self) -> None:
+    if self._step < self.r.total_steps:
+      self.s.mark_stopped()   # stopped early (a second Ctrl-C, an error): the workers too
     logging.info("[chief] updates applied per worker: %s", dict(sorted(self.by_worker.items())))

@@ -48,8 +48,6 @@ def open_step_record(workdir: str, start: int):
   return open(path, "a", encoding="utf-8")
 
 
-
-
 class StepRecorder:
   """The chief's account of each applied step: its STEP_RECORD line, the per-step scalars
   (gradients used and dropped, step seconds), the counts per worker and the staleness of the

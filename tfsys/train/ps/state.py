@@ -1,4 +1,4 @@
-"""The state of a parameter-server job, the same in every client, and the ps tasks' own loop.
+"""The state of a parameter-server job, the same in every client: its layout and protocol.
 
 Chief and workers are separate eager clients of the ps tasks, all addressing the same state by
 name (tfsys/distribute/ps.py):
@@ -10,17 +10,12 @@ name (tfsys/distribute/ps.py):
   commits                   (worker, step, loss, compute secs, fingerprint) in arrival order
   started                   one element once the chief has put the run's state on the ps
 """
-import signal
 import time
 
 import tensorflow as tf
-from absl import logging
 
-from tfsys.distribute import cluster as cluster_lib
 from tfsys.distribute import ps as ps_lib
-from tfsys.errors import EXIT_PREEMPTED, TaskLostError, error_summary, exit_now
 from tfsys.train.optim import sum_duplicate_rows
-from tfsys.train.ps import memory
 
 FINGERPRINT_SIZE = 65536   # elements per ps task a gradient fingerprint looks at
 
@@ -43,74 +38,6 @@ def _hash_weights(rows, cols, salt: int):
   return tf.cast(tf.math.floormod(key, 65536), tf.float32) / 65536.0 - 0.5
 
 
-class PSWatch:
-  """Whether the ps tasks are there: an error of a call to them becomes one line naming the
-  task that is gone, and a wait checks on them so that nobody waits for a dead one forever.
-
-  A ps that died refuses connections (its port is closed) at once; one whose host is
-  unreachable times out. A ps that is alive but hung (stopped, swapping) still accepts
-  connections and is not detected here.
-  """
-
-  def __init__(self, cluster, timeout_secs: float):
-    self.me = cluster.name
-    self.tasks = [(f"ps{j}", a) for j, a in enumerate(cluster.jobs["ps"])]
-    self.timeout_secs = timeout_secs
-    self._gone_since = {}
-
-  def unreachable(self) -> list[tuple[str, str]]:
-    return [(n, a) for n, a in self.tasks if not cluster_lib.reachable(a, timeout=2.0)]
-
-  def _error(self, gone, why: str) -> TaskLostError:
-    names = ", ".join(f"{n} ({a})" for n, a in gone)
-    return TaskLostError(f"[{self.me}] parameter server {names} {why}; exiting. The state it "
-                         "held is gone with it: relaunch the cluster to resume from the last "
-                         "checkpoint")
-
-  def explain(self, e: Exception) -> TaskLostError | None:
-    """After a failed call: the ps tasks that do not accept connections now, as one error."""
-    gone = self.unreachable()
-    if not gone:
-      return None
-    return self._error(gone, f"is gone ({type(e).__name__}: {error_summary(e, 120)})")
-
-  def check(self) -> None:
-    """Raises TaskLostError once a ps task has refused connections for timeout_secs."""
-    now = time.monotonic()
-    gone = self.unreachable()
-    for name, _ in self.tasks:
-      if (name, dict(self.tasks)[name]) in gone:
-        self._gone_since.setdefault(name, now)
-      else:
-        self._gone_since.pop(name, None)
-    lost = [(n, a) for n, a in gone if now - self._gone_since[n] >= self.timeout_secs]
-    if lost:
-      raise self._error(lost, f"has not accepted connections for {self.timeout_secs:.0f} s "
-                              "(--config.distribute.ps_timeout_secs)")
-
-
-def serve(backend, grace_secs: float = 60.0) -> None:
-  """A ps task: serves the shared state until it is killed (by the launcher or the cluster).
-
-  On SIGTERM (the whole job preempted: every task gets one) it serves on while the chief saves
-  the step under way from it, until the chief is gone or for grace_secs, then exits 75.
-  """
-  cluster = backend.cluster
-  server = tf.distribute.Server(tf.train.ClusterSpec(cluster.jobs), job_name="ps",
-                                task_index=cluster.task_index, protocol="grpc", start=True)
-  logging.info("[%s] parameter server up at %s", cluster.name, server.target)
-  terminated = []
-  signal.signal(signal.SIGTERM, lambda *_: terminated.append(time.monotonic()))
-  chief = backend.ps.chief_address
-  while True:   # the server runs in its own threads; this one only watches
-    time.sleep(0.5)
-    if terminated and (time.monotonic() - terminated[0] > grace_secs
-                       or not cluster_lib.reachable(chief, timeout=1.0)):
-      exit_now(f"[{cluster.name}] preempted (SIGTERM): the chief is done with this parameter "
-               "server; exiting", EXIT_PREEMPTED)
-
-
-
 class PSState:
   """Handles to the state on the ps tasks, made the same way in every client.
 
@@ -122,14 +49,12 @@ class PSState:
   """
 
   def __init__(self, r, ps):
-    c = r.config.distribute
     devices = ps.ps_devices
     self.r, self.ps, self.devices = r, ps, devices
-    tables = r.model_tables
-    self.params = ps_lib.ShardedStore("params", r.variables, devices, c.shard_min_rows, tables)
+    # The placement that made the model's variables places their state on the ps tasks.
+    self.params = r.placement.store("params", r.variables)
     opt = r.optimizer
-    self.slots = {name: ps_lib.ShardedStore(f"slots/{name}", opt.slots[name], devices,
-                                            c.shard_min_rows, tables)
+    self.slots = {name: r.placement.store(f"slots/{name}", opt.slots[name], like=r.variables)
                   for name in opt.slot_names}
     self.global_step = ps_lib.shared_variable("global_step", [], tf.int64, devices[0])
     self.lr_decay = ps_lib.shared_variable("lr_decay", [], tf.float32, devices[0])
@@ -160,8 +85,8 @@ class PSState:
   def split(self, grads):
     """A gradient list (one per variable) as (flats, rows): see the class."""
     layout = self.params
-    flats = layout.flatten([tf.zeros(shape) if g is None or layout.tables[k]
-                            else tf.convert_to_tensor(g)
+    flats = layout.flatten([None if layout.tables[k]          # (not in the flats)
+                            else tf.zeros(shape) if g is None else tf.convert_to_tensor(g)
                             for k, (g, shape) in enumerate(zip(grads, layout.shapes))])
     deduped, rows = {}, []
     for k, j, lo, hi in layout.table_pieces:
@@ -230,26 +155,31 @@ class PSState:
   def average(self, mask, n):
     """The mean of the gradients of the workers in `mask` (one 0/1 per worker; n of them), read
     from their buffers on the ps tasks, as (flats, rows), and the sum of their |g_w|^2 (for the
-    noise scale)."""
+    noise scale). Only the used workers' buffers are read: they are idle until the next token,
+    while a late worker's may be half written (its rows and values from different steps)."""
     W = self.ps.num_workers
+    used = [mask[w] > 0 for w in range(W)]
     flats, small = [], []
     for j in range(len(self.devices)):
       with tf.device(self.devices[j]):
-        bufs = [self.buffers[w][j].read_value() for w in range(W)]
-        flats.append(tf.add_n([mask[w] * bufs[w] for w in range(W)]) / n)
-        small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(bufs[w])) for w in range(W)]))
+        empty = tf.zeros([max(self.sizes[j], 1)])
+        bufs = [tf.cond(used[w], self.buffers[w][j].read_value, lambda: empty) for w in range(W)]
+        flats.append(tf.add_n(bufs) / n)
+        small.append(tf.add_n([tf.reduce_sum(tf.square(b)) for b in bufs]))
     rows = []
     for p, (k, j, lo, hi) in enumerate(self.params.table_pieces):
+      shape = self.params.piece_shape(k, lo, hi)
       with tf.device(self.devices[j]):
-        parts = [(self.row_buffers[w][p][0].read_value(), self.row_buffers[w][p][1].read_value())
-                 for w in range(W)]
-        small.append(tf.add_n([mask[w] * tf.reduce_sum(tf.square(v)) for w, (_, v) in
-                               enumerate(parts)]))
-        keep = tf.concat([tf.fill(tf.shape(i), mask[w] > 0) for w, (i, _) in enumerate(parts)], 0)
-        index = tf.boolean_mask(tf.concat([i for i, _ in parts], 0), keep)
-        values = tf.boolean_mask(tf.concat([v for _, v in parts], 0), keep) / n
+        parts = []
+        for w in range(W):
+          index_var, values_var = self.row_buffers[w][p]
+          parts.append(tf.cond(
+              used[w], lambda i=index_var, v=values_var: (i.read_value(), v.read_value()),
+              lambda: (tf.zeros([0], tf.int64), tf.zeros([0, *shape[1:]]))))
+        small.append(tf.add_n([tf.reduce_sum(tf.square(v)) for _, v in parts]))
         summed = sum_duplicate_rows(tf.IndexedSlices(
-            values, index, tf.constant(self.params.piece_shape(k, lo, hi), tf.int64)))
+            tf.concat([v for _, v in parts], 0) / n, tf.concat([i for i, _ in parts], 0),
+            tf.constant(shape, tf.int64)))
         rows.append((summed.indices, summed.values))
     return flats, rows, tf.add_n(small)
 
@@ -300,12 +230,6 @@ class PSState:
     self.lr_decay.assign(r.learning_rate.decay)
     self.global_step.assign(start)
 
-  def pull(self, slots: bool) -> None:
-    """The chief copies the parameters (and the slots) from the ps into its own variables."""
-    self.params.pull(self.r.variables)
-    if slots:
-      self.pull_slots()
-
   @tf.function
   def read_step(self):
     return tf.identity(self.global_step)
@@ -327,8 +251,7 @@ class PSState:
   def mark_stopped(self) -> None:
     """Withdraws the started marker: async workers stop before their next update."""
     with tf.device(self.devices[0]):
-      tf.raw_ops.QueueDequeueUpToV2(handle=self.started_queue, n=self._started_size(),
-                                    component_types=[tf.int64])
+      ps_lib.dequeue_all(self.started_queue)
 
   def settled_step(self, quiet_secs: float = 0.5, limit_secs: float = 10.0) -> int:
     """The global step once it has not moved for quiet_secs (the last updates in flight have
@@ -340,42 +263,3 @@ class PSState:
       if now != step:
         step, since = now, time.monotonic()
     return step
-
-
-
-
-class ChiefExecutor:
-  """What the two parameter-server chiefs do alike as executors (executor.py): their variables
-  are a copy of the state on the ps, brought back when the controller needs them."""
-  max_steps_per_call = None   # a stretch runs up to the next duty, however long
-  agreed_stop = False         # no collective to pass a SIGTERM on: the chief stops the others
-
-  def __init__(self, r, shared: PSState, watch: PSWatch):
-    self.r, self.s, self.ps, self.watch = r, shared, shared.ps, watch
-    self._step, self._pulled = r.start, set()
-
-  def to_host(self, slots: bool) -> None:
-    """The parameters (and slots) back from the ps, at most once per stretch each."""
-    wanted = {"params", "slots"} if slots else {"params"}
-    if "params" in wanted - self._pulled:
-      self.s.params.pull(self.r.variables)
-    if "slots" in wanted - self._pulled:
-      self.s.pull_slots()
-    self._pulled |= wanted
-    self.r.step_var.assign(self._step)   # the step is counted on the ps
-
-  def after_evaluation(self) -> None:
-    self.s.lr_decay.assign(self.r.learning_rate.decay)   # the plateau decision, for the ps
-
-  def state_rows(self):
-    return None   # the workers carry their own rows' state
-
-  def lost(self, error: Exception):
-    return self.watch.explain(error)
-
-  def report_memory(self) -> None:
-    """What each ps task holds for this job, computed from the shapes (memory.py)."""
-    ps = self.ps
-    report = memory.plan(self.r.config, self.r.model.vocab_size, len(ps.ps_devices),
-                         ps.num_workers, ps.kind, ps.replicas_to_aggregate)
-    logging.info("[chief] memory per ps task: %s", memory.describe(report))

@@ -18,8 +18,7 @@ from tfsys.distribute import ps as ps_lib
 from tfsys.train.calls import Call
 from tfsys.train.executor import Stretch
 from tfsys.train.ps.records import StepRecorder
-from tfsys.train.ps.state import ChiefExecutor
-from tfsys.train.ps.workers import write_step_graph
+from tfsys.train.ps.chief import ChiefExecutor, write_step_graph
 
 
 class SyncChief(ChiefExecutor):
@@ -130,10 +129,9 @@ class SyncChief(ChiefExecutor):
       number of commits that were waiting."""
       with tf.device(s.devices[0]):
         n = tf.raw_ops.QueueSizeV2(handle=s.commits)
-        tf.raw_ops.QueueDequeueUpToV2(handle=s.commits, n=n, component_types=ps_lib.COMMIT_TYPES)
+        ps_lib.dequeue_all(s.commits, ps_lib.COMMIT_TYPES)
         for q in s.tokens:
-          tf.raw_ops.QueueDequeueUpToV2(handle=q, n=tf.raw_ops.QueueSizeV2(handle=q),
-                                        component_types=[tf.int64])
+          ps_lib.dequeue_all(q)
       return n
 
     @tf.function

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfsys.distribute import cluster as cluster_lib
+from tfsys.distribute import ps as ps_lib
 from tfsys.errors import EXIT_PREEMPTED, TaskLostError, exit_now
 from tfsys.train.calls import patiently
 from tfsys.train.ps.straggler import Straggler
@@ -36,25 +37,6 @@ def gradient_function(r, shared, worker: int):
     loss, grads, _, new_state = gradient(batch, state, step, replica=worker)
     return shared.split(grads), loss, new_state
   return compute
-
-
-def write_step_graph(r, shared) -> None:
-  """The chief writes the workers' step graph (forward and backward on worker 0's rows) to the
-  train run as `train_step`, as the all-reduce loop does with the step it runs: it traces the
-  function, it does not run it. Only at the first start, like the all-reduce loop."""
-  if r.start or not r.writers.enabled:
-    return
-  num_workers = shared.ps.num_workers
-  context = tf.distribute.InputContext(num_input_pipelines=num_workers, input_pipeline_id=0,
-                                       num_replicas_in_sync=num_workers)
-  try:
-    batch = {k: tf.constant(v) for k, v in next(r.stream.replica_windows(0, context)).items()}
-    traced = gradient_function(r, shared, 0).get_concrete_function(
-        batch, r.model.initial_state(r.local_batch), tf.constant(0, tf.int64))
-    r.writers.graph("train", "train_step", traced.graph, r.start)
-  except Exception as e:  # noqa: BLE001  (a picture for the Graphs tab: training goes on)
-    logging.warning("[chief] the step's graph was not written to TensorBoard: %s", e)
-
 
 
 class _Worker:
@@ -138,8 +120,7 @@ class SyncWorker(_Worker):
       reads the parameters of that step into the local variables."""
       with tf.device(s.devices[0]):
         tok = tf.raw_ops.QueueDequeueV2(handle=queue, component_types=[tf.int64])[0]
-        rest = tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
-                                             component_types=[tf.int64])[0]
+        rest = ps_lib.dequeue_all(queue)[0]
         newest = tf.reduce_max(tf.concat([[tok], rest], 0))
       with tf.control_dependencies([newest]):
         for v, value in zip(variables, s.params.read_all()):
@@ -160,7 +141,9 @@ class SyncWorker(_Worker):
     def take_token():
       return newest_token_and_parameters()
 
-    @tf.function
+    # The table rows a gradient touched vary in number from one step to the next: one trace
+    # with their leading dimension unknown, not one per step.
+    @tf.function(reduce_retracing=True)
     def push_and_take(grad, step, loss, secs):
       """Commits a gradient and waits for the next step, in one call (one round trip)."""
       with tf.control_dependencies([write_and_commit(grad, step, loss, secs)]):
@@ -169,8 +152,7 @@ class SyncWorker(_Worker):
     @tf.function
     def skip_tokens():
       with tf.device(s.devices[0]):
-        tf.raw_ops.QueueDequeueUpToV2(handle=queue, n=tf.raw_ops.QueueSizeV2(handle=queue),
-                                      component_types=[tf.int64])
+        ps_lib.dequeue_all(queue)
 
     self._take_token, self._skip_tokens = take_token, skip_tokens
     self._push_and_take = push_and_take
@@ -228,7 +210,7 @@ class AsyncWorker(_Worker):
     super().__init__(r, shared, watch)
     s, me = shared, self.me
 
-    @tf.function
+    @tf.function(reduce_retracing=True)   # the touched rows vary in number (push_and_take)
     def apply(grad, loss, secs):
       r.learning_rate.decay.assign(s.lr_decay)
       with tf.device(s.devices[0]):
