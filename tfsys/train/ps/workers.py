@@ -62,8 +62,7 @@ class _Worker:
 
     @tf.function
     def pull():
-      for v, value in zip(variables, s.params.read_all()):
-        v.assign(value)
+      s.params.pull(variables)
 
     self._pull, self._compute = pull, gradient_function(r, shared, self.me)
     self._iterator, self._data_step, self._state = None, None, None
@@ -123,8 +122,7 @@ class SyncWorker(_Worker):
         rest = ps_lib.dequeue_all(queue)[0]
         newest = tf.reduce_max(tf.concat([[tok], rest], 0))
       with tf.control_dependencies([newest]):
-        for v, value in zip(variables, s.params.read_all()):
-          v.assign(value)
+        s.params.pull(variables)
       return tf.identity(newest)
 
     def write_and_commit(grad, step, loss, secs):
