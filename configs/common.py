@@ -91,11 +91,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.monitor.profile_steps = ""      # "A,B": tf.profiler trace of steps A..B (from 1) into the
                                         # train run's Profile tab; single/mirrored/multi_worker; "" = off
 
+  # Where a replica's parts run (tfsys/placement/rules.py): the LSTM LM's parts are char_cnn or
+  # embedding, lstm0, lstm1, ..., softmax; devices are named on the replica's host.
+  config.placement = ml_collections.ConfigDict()
+  config.placement.mode = "none"     # none | rules | auto (the cost-model placer)
+  config.placement.rules = ""        # "pattern=DEV[+DEV], ...", first match wins, e.g.
+                                     # "lstm0=CPU:1, lstm1=CPU:2, softmax=CPU:0+CPU:3" (+: rows split)
+  config.placement.default = "CPU:0"  # the device of parts no rule matches
+
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)
                                         # | multi_worker (processes from TF_CONFIG)
                                         # | sync_backup | async_ps (parameter servers, TF_CONFIG)
-  config.distribute.num_logical_cpus = 2  # mirrored on a machine without GPUs
+  config.distribute.num_logical_cpus = 2  # without GPUs: mirrored's replicas, placement's devices
   config.distribute.intra_op_threads = 0  # threads per op (0 = TensorFlow's default: all cores)
   config.distribute.startup_timeout_secs = 120.0  # wait this long for every task (or the ps)
   # sync_backup (Chen et al. 2016; TF1's SyncReplicasOptimizer): N + b worker tasks compute each

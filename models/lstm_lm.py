@@ -18,7 +18,8 @@ import tensorflow as tf
 from models.layers import stateless
 from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
-from models.variables import VariableSpec, constant, create_all, uniform
+from models import sharded
+from models.variables import VariableSpec, WholeVariables, constant, create_all, uniform
 from tfsys.data import chars
 
 
@@ -72,8 +73,28 @@ def variable_specs(config, vocab_size: int, seed: int = 0) -> list:
       touched = dict(table=True, rows_per_token=1, rows_per_batch=config.num_samples)
     else:
       touched = {}
-    specs.append(VariableSpec(name, tuple(shape), value, **touched))
+    vocab_rows = name in ("word_embedding", "softmax_w", "softmax_b")
+    specs.append(VariableSpec(name, tuple(shape), value, part=part_of(name),
+                              vocab_rows=vocab_rows, **touched))
   return specs
+
+
+def part_of(name: str) -> str:
+  """The part a variable belongs to (placement rules name parts): char_cnn or embedding, lstm0,
+  lstm1, ..., softmax."""
+  if name == "word_embedding":
+    return "embedding"
+  if name.startswith("lstm"):
+    return name.split("_")[0]
+  if name.startswith("softmax"):
+    return "softmax"
+  return "char_cnn"
+
+
+def parts(config) -> list:
+  """The model's parts, input to output."""
+  first = "embedding" if config.input == "word" else "char_cnn"
+  return [first] + [f"lstm{k}" for k in range(config.num_layers)] + ["softmax"]
 
 
 def num_parameters(config, vocab_size: int) -> int:
@@ -85,6 +106,7 @@ class LanguageModel(tf.Module):
 
   variable_shapes = staticmethod(variable_shapes)   # models/interface.py: from the config alone
   variable_specs = staticmethod(variable_specs)
+  parts = staticmethod(parts)
 
   def __init__(self, config, vocab_words, seed: int = 0, name: str = "lstm_lm",
                placement=None):
@@ -95,7 +117,9 @@ class LanguageModel(tf.Module):
     self.seed = seed   # with the step and the replica, the seed of every training-time draw
     self.vocab_size = len(vocab_words)
     self.state_dim = config.projection or config.lstm_units
-    self.params = create_all(variable_specs(config, self.vocab_size, seed), placement)
+    # Where each part's variables live and its computation runs (models/variables.py).
+    self.placement = placement or WholeVariables()
+    self.params = create_all(variable_specs(config, self.vocab_size, seed), self.placement)
     if config.input == "char_cnn":
       # The vocabulary's words as bytes: a constant table, not a trainable parameter; kept as a
       # variable so the checkpoint and SavedModel carry it with the weights.
@@ -106,13 +130,15 @@ class LanguageModel(tf.Module):
   def embed_chars(self, char_ids):
     """Char ids [N, L] -> word vectors [N, D]: works for words outside the vocabulary."""
     c = self.config
-    return char_cnn(char_ids, self.params, c.cnn_widths, c.num_highway, c.cnn_activation,
-                    c.highway_activation, zero_pad=c.get("zero_pad_chars", False))
+    return self.placement.run("char_cnn", lambda ids: char_cnn(
+        ids, self.params, c.cnn_widths, c.num_highway, c.cnn_activation,
+        c.highway_activation, zero_pad=c.get("zero_pad_chars", False)), char_ids)
 
   def embed_ids(self, ids):
     """Word ids [B, T] -> [B, T, D]. The char CNN runs once per distinct word of the batch."""
     if self.config.input == "word":
-      return tf.nn.embedding_lookup(self.params["word_embedding"], ids)
+      return self.placement.run(
+          "embedding", lambda ids: sharded.gather(self.params["word_embedding"], ids), ids)
     unique, index = tf.unique(tf.reshape(ids, [-1]))
     vectors = self.embed_chars(tf.gather(self.word_chars, unique))
     flat = tf.gather(vectors, index)
@@ -149,20 +175,33 @@ class LanguageModel(tf.Module):
       # Kim et al. §4: no dropout on the highway-to-LSTM connection; Zaremba et al. drop the
       # word embeddings too. `embedding_dropout` chooses.
       layer_rate = (c.embedding_dropout if training else 0.0) if layer == 0 else rate
-      if layer_rate:
-        x = stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer))
       params = {k: self.params[f"lstm{layer}_{k}"] for k in ("w_x", "w_h", "b", "w_p")
                 if f"lstm{layer}_{k}" in self.params}
-      x, s = lstmp_layer(x, state[layer], params, c.cell_clip, forget_bias)
+
+      top = layer == c.num_layers - 1
+
+      def run_layer(x, s, layer=layer, layer_rate=layer_rate, params=params, top=top):
+        if layer_rate:
+          x = stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer))
+        x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias)
+        if top and rate:   # the dropout before the softmax
+          x = stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers))
+        return x, s
+      x, s = self.placement.run(f"lstm{layer}", run_layer, x, state[layer])
       new_state.append(s)
-    if rate:
-      x = stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers))
     return x, tuple(new_state)
 
   # ---- outputs -----------------------------------------------------------------------------
   def output_logits(self, h):
     """Top LSTM outputs [B, T, P] -> full-softmax logits [B, T, V] (scoring in chunks of T)."""
-    return tf.einsum("btp,vp->btv", h, self.params["softmax_w"]) + self.params["softmax_b"]
+    w, b = self.params["softmax_w"], self.params["softmax_b"]
+
+    def output(h):
+      if not isinstance(w, sharded.ShardedTable):
+        return tf.einsum("btp,vp->btv", h, w) + b
+      flat = sharded.logits(tf.reshape(h, [-1, tf.shape(h)[-1]]), w, b)
+      return tf.reshape(flat, tf.concat([tf.shape(h)[:-1], [tf.shape(flat)[-1]]], 0))
+    return self.placement.run("softmax", output, h)
 
   def logits(self, inputs, state):
     """Full-softmax logits [B, T, V] for word ids [B, T] (evaluation, sampling)."""
@@ -188,17 +227,21 @@ class LanguageModel(tf.Module):
     targets = tf.reshape(batch["targets"], [-1])
     weights = tf.reshape(batch["weights"], [-1])
     n = self.config.num_samples
-    if training and 0 < n < self.vocab_size:
-      labels = tf.cast(targets[:, None], tf.int64)
-      token_loss = tf.nn.sampled_softmax_loss(
-          weights=self.params["softmax_w"], biases=self.params["softmax_b"],
-          labels=labels, inputs=flat_h, num_sampled=n, num_classes=self.vocab_size,
-          sampled_values=stateless.log_uniform_candidates(
-              labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)),
-          remove_accidental_hits=True)
-    else:
-      logits = tf.matmul(flat_h, self.params["softmax_w"], transpose_b=True) + self.params["softmax_b"]
-      token_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+    w, b = self.params["softmax_w"], self.params["softmax_b"]
+
+    def softmax_loss(flat_h, targets):
+      if training and 0 < n < self.vocab_size:
+        labels = tf.cast(targets[:, None], tf.int64)
+        # A list of shards is gathered from shard by shard ("div" partitioning).
+        return tf.nn.sampled_softmax_loss(
+            weights=sharded.listed(w), biases=sharded.listed(b), labels=labels, inputs=flat_h,
+            num_sampled=n, num_classes=self.vocab_size,
+            sampled_values=stateless.log_uniform_candidates(
+                labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)),
+            remove_accidental_hits=True)
+      logits = sharded.logits(flat_h, w, b)
+      return tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+    token_loss = self.placement.run("softmax", softmax_loss, flat_h, targets)
     nll_sum = tf.reduce_sum(token_loss * weights)
     num_tokens = tf.reduce_sum(weights)
     mean = nll_sum / tf.maximum(num_tokens, 1.0)

@@ -3,8 +3,8 @@
 A model lists `VariableSpec`s (name, shape, dtype, initial value, and whether the variable is a
 row-gathered table: an embedding, or a softmax trained with sampled negatives) and receives the
 variables from a placement object. The placement decides where they live; the model only uses
-them. Two placements exist (after flax's logical partitioning and big_vision's rule lists, in
-the spirit of DESIGN.md §9):
+them. Three placements exist (after flax's logical partitioning and big_vision's rule lists,
+in the spirit of DESIGN.md §9):
 
   WholeVariables   each variable whole, wherever the scope it is created in puts it (the
                    all-reduce backends create the model under their strategy's scope, which
@@ -13,6 +13,10 @@ the spirit of DESIGN.md §9):
                    stores of their state on the ps tasks (`store`: the tables split by rows over
                    them, each piece a variable of its own, the rest as tfsys/distribute/ps.py
                    lays them out)
+  DevicePlacement  placement rules or the auto placer (tfsys/placement): each part of the model
+                   (a spec's `part`) on its devices, variables and computation, forward and
+                   backward (`run`); a part's vocabulary tables may be split by rows over several
+                   devices (models/sharded.py)
 
 Nothing is allocated to describe a model: `variable_specs(config, vocab_size)` works for a
 billion-word configuration on any machine (the initial values are made only by `create`).
@@ -21,6 +25,8 @@ import dataclasses
 from typing import Callable, Protocol
 
 import tensorflow as tf
+
+from models.sharded import ShardedTable, on_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +37,8 @@ class VariableSpec:
   initial_value: Callable[[], tf.Tensor]   # called once, by the placement
   dtype: tf.DType = tf.float32
   table: bool = False       # rows are gathered: gradients are rows, it may be split by rows
+  part: str = ""            # the part of the model it belongs to (placement rules name parts)
+  vocab_rows: bool = False  # its rows are the vocabulary's: a placement may split it by rows
   rows_per_token: int = 0   # a table's rows one batch touches: at most this many per token...
   rows_per_batch: int = 0   # ...plus this many (the sampled negatives)
 
@@ -41,6 +49,7 @@ class VariableSpec:
 
 class Placement(Protocol):
   def create(self, spec: VariableSpec) -> tf.Variable: ...   # the variable spec declares
+  def run(self, part: str, fn, *args): ...   # fn(*args), forward and backward on part's devices
 
 
 class WholeVariables:
@@ -61,6 +70,10 @@ class WholeVariables:
     """Which of `variables` are row-gathered tables (in their order)."""
     return [self.spec_of(v).table for v in variables]
 
+  def run(self, part: str, fn, *args):
+    del part   # everything where the scope puts it
+    return fn(*args)
+
 
 class ServerPlacement(WholeVariables):
   """A parameter-server client's: its working copies are whole variables here, and `store`
@@ -77,6 +90,44 @@ class ServerPlacement(WholeVariables):
     from tfsys.distribute.ps import ShardedStore   # (models/ needs tfsys only here)
     return ShardedStore(name, variables, self.ps_devices, self.min_shard_rows,
                         self.tables(like if like is not None else variables))
+
+
+class DevicePlacement(WholeVariables):
+  """Each part's variables and computation (forward and backward) on the devices that
+  `assignment` gives it (tfsys/placement: from rules or the auto placer): one device, or
+  several over which the part's vocabulary tables are split by rows (models/sharded.py; the
+  part's other variables and computation stay on the first). `host` prefixes the devices'
+  names ("/job:worker/replica:0/task:1" under multi_worker; "" in one process), so that the
+  same assignment places every worker's replica on its own devices."""
+
+  def __init__(self, assignment: dict, host: str = ""):
+    super().__init__()
+    self.assignment, self.host = dict(assignment), host
+
+  def devices(self, part: str) -> list:
+    if part not in self.assignment:
+      raise KeyError(f"no placement for part {part!r} (placed: {sorted(self.assignment)})")
+    return [f"{self.host}/device:{d}" for d in self.assignment[part]]
+
+  def create(self, spec: VariableSpec):
+    devices = self.devices(spec.part)
+    if len(devices) > 1 and spec.vocab_rows:
+      table = ShardedTable.create(spec.name, spec.initial_value, devices, spec.dtype)
+      for v in table.shards:
+        self.specs[v.ref()] = spec
+      return table
+    with tf.device(devices[0]):
+      return super().create(spec)
+
+  def run(self, part: str, fn, *args):
+    return on_device(self.devices(part)[0], fn, *args)
+
+
+def parameters(module: tf.Module) -> list:
+  """A model's trainable parameters: variables and sharded tables (models/sharded.py), in the
+  order tf.Module lists its trainable variables (an unsplit model gives exactly those)."""
+  return list(module._flatten(predicate=lambda x: isinstance(x, ShardedTable) and x.trainable
+                              or isinstance(x, tf.Variable) and x.trainable))
 
 
 def create_all(specs, placement=None) -> dict:

@@ -107,13 +107,17 @@ class Backend:
     return self.cluster.name if self.cluster else "local"
 
 
-def _logical_cpus(n: int) -> list[str]:
+def _logical_cpus(n: int, check: bool = True) -> list[str]:
+  """n logical CPU devices; check: list them (which starts TensorFlow's runtime, so not before
+  MultiWorkerMirroredStrategy, which must configure its collectives first)."""
   cpus = tf.config.list_physical_devices("CPU")
   try:
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
   except RuntimeError:
     pass  # devices already initialised in this process: usable if the count matches
+  if not check:
+    return []
   devices = [d.name for d in tf.config.list_logical_devices("CPU")]
   if len(devices) != n:
     raise UserError(f"this process already uses {len(devices)} CPU devices; "
@@ -121,12 +125,25 @@ def _logical_cpus(n: int) -> list[str]:
   return devices
 
 
-def make_backend(distribute_config) -> Backend:
-  """Call before any TensorFlow op runs: devices and threads are fixed at start-up."""
+def make_backend(distribute_config, placed: bool = False) -> Backend:
+  """Call before any TensorFlow op runs: devices and threads are fixed at start-up.
+
+  placed: a placement (config.placement) puts one replica's parts on several of this host's
+  devices; on a host without GPUs those are `num_logical_cpus` logical CPU devices.
+  """
   c = distribute_config
   if c.intra_op_threads:
     tf.config.threading.set_intra_op_parallelism_threads(c.intra_op_threads)
   backend = c.backend
+  if placed:
+    if backend == "mirrored":
+      raise UserError(
+          "--config.placement places one replica's parts on several devices; mirrored makes "
+          "one replica per device, so they cannot both have this host's devices. Use "
+          "--config.distribute.backend=single (one process) or multi_worker (one replica per "
+          "worker process, each placed over its own host's devices)")
+    if not tf.config.list_physical_devices("GPU") and c.num_logical_cpus > 1:
+      _logical_cpus(c.num_logical_cpus, check=backend == "single")
   if backend == "single":
     return Backend(tf.distribute.get_strategy())
   if backend == "mirrored":

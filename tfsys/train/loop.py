@@ -12,6 +12,7 @@ import os
 
 from tfsys.distribute.backends import make_backend
 from tfsys.monitor import StepProfiler
+from tfsys.placement import placer
 from tfsys.train.allreduce import AllReduceExecutor
 from tfsys.train.controller import Controller
 from tfsys.train.run import NonFiniteLossError, Run
@@ -25,7 +26,8 @@ def train_and_evaluate(config, workdir: str) -> dict | None:
   Returns None in a process that has no results of its own (a parameter-server worker).
   """
   profiler = StepProfiler(config.monitor.profile_steps, os.path.join(workdir, "train"))
-  backend = make_backend(config.distribute)  # first: fixes devices and threads
+  # First: fixes devices and threads.
+  backend = make_backend(config.distribute, placed=placer.mode(config) != "none")
   if backend.ps is not None:
     from tfsys.train import ps
     return ps.train(config, workdir, backend, profiler)

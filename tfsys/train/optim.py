@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from models.sharded import ShardedTable, variables_of
 from tfsys.errors import UserError
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
@@ -54,23 +55,37 @@ class Optimizer(tf.Module):
     self.config = config
     self.slots = {}
 
-  def build(self, variables):
+  def build(self, params):
+    """params: the model's parameters (models/variables.py `parameters`): variables, or tables
+    split by rows over devices, whose slots are split alike (a checkpoint holds each slot whole,
+    as it holds the table, so it restores into any split)."""
     self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
     for slot in self.slot_names:
-      self.slots[slot] = [tf.Variable(tf.fill(v.shape, self._slot_init(slot)), trainable=False,
-                                      name=f"{v.name.split(':')[0]}_{slot}") for v in variables]
+      self.slots[slot] = [self._slot(p, slot) for p in params]
+
+  def _slot(self, param, slot):
+    name = f"{param.name.split(':')[0]}_{slot}"
+    if isinstance(param, ShardedTable):
+      return param.like(name, self._slot_init(slot))
+    with tf.device(param.device):   # (a placed model's variable: its slot beside it)
+      return tf.Variable(tf.fill(param.shape, self._slot_init(slot)), trainable=False, name=name)
 
   def _slot_init(self, slot):
     return 0.0
 
   def apply(self, grads, variables, learning_rate):
+    """grads and variables: flat lists (a sharded table's shards one by one)."""
     strategy = tf.distribute.get_strategy()
     t = tf.cast(self.iterations + 1, tf.float32)
+    slots = {s: variables_of(self.slots[s]) for s in self.slot_names}
     for k, (g, v) in enumerate(zip(grads, variables)):
       if g is None:
         continue
-      slots = [self.slots[s][k] for s in self.slot_names]
-      strategy.extended.update(v, self.update, args=(g, learning_rate, t, *slots), group=False)
+      args = (g, learning_rate, t, *[slots[s][k] for s in self.slot_names])
+      if isinstance(v, tf.distribute.DistributedValues):
+        strategy.extended.update(v, self.update, args=args, group=False)
+      else:   # a placed model's own variable (the update runs where the variable lives)
+        self.update(v, *args)
     self.iterations.assign_add(1)
 
   def update(self, var, grad, lr, t, *slots):

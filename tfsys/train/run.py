@@ -3,15 +3,19 @@
 The controller (controller.py) and every executor (allreduce.py, ps/) read what they need from
 one `Run`; none of them knows which model it trains.
 """
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 import models
-from models.variables import ServerPlacement, WholeVariables
+from models.sharded import variables_of
+from models.variables import DevicePlacement, ServerPlacement, WholeVariables, parameters
 from tfsys import data
 from tfsys.errors import EXIT_DIVERGED, UserError
 from tfsys.monitor import Writers
+from tfsys.placement import placer
 from tfsys.train import tasks
 from tfsys.train import workdir as workdir_lib
 from tfsys.train.checkpoint import Checkpointer
@@ -90,17 +94,23 @@ class Run:
     self.per_token_scale = self.task.per_token_scale
 
     # The model declares its variables; the placement creates them: whole under the strategy
-    # (mirrored over its replicas), or as a ps client's working copies of the ps tasks' state.
-    self.placement = (ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows)
-                      if backend.ps is not None else WholeVariables())
-    with strategy.scope():
+    # (mirrored over its replicas), as a ps client's working copies of the ps tasks' state, or
+    # each part on the devices of this host that config.placement gives it.
+    self.placement, self.plan = self._placement(config, backend)
+    # A placed replica's variables are its own, where the placement puts them (under
+    # multi_worker every worker applies the same all-reduced update to its copy); the strategy
+    # would mirror them on its one device per replica instead.
+    placed = isinstance(self.placement, DevicePlacement)
+    with contextlib.nullcontext() if placed else strategy.scope():
       self.model = models.build(config.model, self.vocab.words, seed=config.seed,
                                 placement=self.placement)
+      self.parameters = parameters(self.model)
       self.optimizer = make_optimizer(config.optim)
-      self.optimizer.build(self.model.trainable_variables)  # in scope: placed like the variables
+      self.optimizer.build(self.parameters)  # in scope: placed like the variables
+    with strategy.scope():
       self.learning_rate = LearningRate(config.optim, batch)
       self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    self.variables = self.model.trainable_variables
+    self.variables = variables_of(self.parameters)   # a split table's shards one by one
     # The LSTM state of the whole global batch, for checkpoints only; during training each
     # replica carries its own rows.
     self.carried = tf.nest.map_structure(lambda s: tf.Variable(s, trainable=False),
@@ -122,6 +132,27 @@ class Run:
       logging.info("workdir %s has a config but no checkpoint yet: starting at step 0", workdir)
     self.writers = Writers(workdir, enabled=self.is_chief)
     self.task.bind(self.model)
+
+  def _placement(self, config, backend):
+    """The placement of this process's model, and the plan's record (None if not placed)."""
+    if placer.mode(config) == "none":
+      if backend.ps is not None:
+        return ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows), None
+      return WholeVariables(), None
+    if backend.ps is not None:
+      raise UserError(f"--config.placement is not implemented for the {backend.ps.kind} "
+                      "backend yet: use single or multi_worker")
+    kind = models.kind(config.model)
+    parts = placer.parts(kind, config.model)
+    available = placer.local_devices()
+    assignment = placer.assignment(config, parts, available)
+    cluster = backend.cluster
+    host = f"/job:{cluster.task_type}/replica:0/task:{cluster.task_index}" if cluster else ""
+    record = {"mode": placer.mode(config), "devices": available,
+              "assignment": {p: list(d) for p, d in assignment.items()}}
+    logging.info("[%s] placement: %s", backend.task_name,
+                 ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
+    return DevicePlacement(assignment, host), record
 
   # ---------------------------------------------------------------- checkpoints
   def save(self, step: int, state_rows=None) -> None:

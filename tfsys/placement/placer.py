@@ -1,0 +1,55 @@
+"""From a config to a placement: which devices each part of a replica gets, and the record of it.
+
+`mode(config)` says whether a run is placed at all (configs written before placement existed are
+not). `assignment(config, parts, available)` gives {part: devices}: from the rules, or from the
+auto placer (auto.py), checked against the devices this host has. `write(workdir, record)`
+keeps the plan as placement.json in the workdir; the TensorBoard text is the controller's.
+"""
+import json
+import os
+
+import tensorflow as tf
+
+from tfsys.errors import UserError
+from tfsys.placement import rules as rules_lib
+
+
+def mode(config) -> str:
+  """none | rules | auto."""
+  placement = config.get("placement")
+  return "none" if placement is None else rules_lib.mode(placement)
+
+
+def local_devices() -> list:
+  """This host's devices as rules name them: CPU:0, CPU:1 (logical), GPU:0, ..."""
+  return [rules_lib.device_name(d.name.split("device:")[-1])
+          for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")]
+
+
+def assignment(config, parts: list, available: list) -> dict:
+  """{part: (device, ...)} for a rules-placed run, every device checked against `available`."""
+  c = config.placement
+  if mode(config) == "auto":
+    raise UserError("internal: auto placement goes through tfsys.placement.auto")
+  out = rules_lib.assign(parts, rules_lib.parse(c.rules), c.default)
+  rules_lib.check_devices(out, available)
+  return out
+
+
+def parts(kind, model_config) -> list:
+  """The parts of a model kind's model (a UserError for a model that declares none)."""
+  model_class = kind.model_class()
+  if not hasattr(model_class, "parts"):
+    raise UserError(f"--config.placement: the {kind.name} model does not declare parts to place "
+                    "(placement is implemented for lstm_lm); leave --config.placement.mode=none")
+  return model_class.parts(model_config)
+
+
+def write(workdir: str, record: dict) -> str:
+  """placement.json in the workdir, written whole (a temporary file renamed over it)."""
+  path = os.path.join(workdir, "placement.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return path
