@@ -125,17 +125,18 @@ def logits(h, weights, biases=None):
     def piece(h, w=w, b=b):
       out = tf.matmul(h, w, transpose_b=True)
       return out if b is None else out + b
-    columns.append(on_device(w.device, piece, h))
+    columns.append(on_device(w.device, piece, h, name=weights.name + "_columns"))
   return tf.concat(columns, axis=-1)
 
 
-def on_device(device: str, fn, *args):
-  """fn(*args) with its forward and backward ops on `device` (see the module's docstring)."""
+def on_device(device: str, fn, *args, name: str = "placed"):
+  """fn(*args) with its forward and backward ops on `device` (see the module's docstring),
+  under the name scopes `name` and `name`_grad (a traced step's ops say whose they are)."""
   flat = tf.nest.flatten(args)
 
   @tf.custom_gradient
   def call(*flat_in):
-    with tf.device(device):
+    with tf.device(device), tf.name_scope(name):
       with tf.GradientTape() as tape:
         for x in flat_in:
           if x.dtype.is_floating:
@@ -146,7 +147,7 @@ def on_device(device: str, fn, *args):
     def grad(*dys, variables=()):
       # An output nothing downstream used (the carried LSTM state) comes back as None.
       dys = [tf.zeros_like(y) if dy is None else dy for y, dy in zip(flat_out, dys)]
-      with tf.device(device):
+      with tf.device(device), tf.name_scope(f"{name}_grad"):
         grads = tape.gradient(flat_out, list(flat_in) + list(variables),
                               output_gradients=list(dys))
       return grads[:len(flat_in)], grads[len(flat_in):]

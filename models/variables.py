@@ -120,7 +120,7 @@ class DevicePlacement(WholeVariables):
       return super().create(spec)
 
   def run(self, part: str, fn, *args):
-    return on_device(self.devices(part)[0], fn, *args)
+    return on_device(self.devices(part)[0], fn, *args, name=part)
 
 
 def parameters(module: tf.Module) -> list:

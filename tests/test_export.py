@@ -275,3 +275,35 @@ def test_sample_from_a_saved_model_refuses_more_words_than_it_generates(exported
   assert proc.returncode == 2 and proc.stdout == ""
   assert proc.stderr.strip().splitlines()[-1] == ("error: --num_words=1001 is more than a SavedModel generates "
                                  "(1000): lower it, or sample from the --workdir")
+
+
+ONLY_TF_SCORE = r"""
+import json, sys
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+assert "tfsys" not in sys.modules and "models" not in sys.modules
+score = m.signatures["serving_default"](sentences=tf.constant(json.loads(sys.argv[2])))
+print("RESULT" + json.dumps({k: v.numpy().tolist() for k, v in score.items()}))
+"""
+
+
+def test_a_run_with_split_tables_exports_whole_and_scores_like_the_unsplit_run(exported, tmp_path):
+  # The same run as `exported`, its parts on 4 logical CPUs and the softmax's rows split over
+  # two of them: the SavedModel holds the table whole, loads with TensorFlow alone on a
+  # CPU-only process, and scores as the unsplit run's export does.
+  workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+  _run([PY, "scripts/train.py", "--config=configs/ptb_char_cnn_lstm.py:smoke",
+        f"--workdir={workdir}", "--config.train.num_steps=10", "--config.eval.max_tokens=200",
+        "--config.distribute.num_logical_cpus=4",
+        "--config.placement.rules=char_cnn=CPU:1, lstm0=CPU:2, softmax=CPU:0+CPU:3"])
+  assert json.load(open(os.path.join(workdir, "placement.json")))["parts"]["softmax"][
+      "devices"] == ["CPU:0", "CPU:3"]
+  _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}",
+        "--score_rows=3"])
+  env = dict(os.environ, PYTHONPATH="", CUDA_VISIBLE_DEVICES="")
+  score = lambda d: json.loads(_run([PY, "-c", ONLY_TF_SCORE, os.path.join(d, "1"),
+                                     json.dumps(SENTENCES)], cwd=str(tmp_path),
+                                    env=env).split("RESULT", 1)[1])
+  split, whole = score(export_dir), score(exported[1])
+  assert split["num_tokens"] == whole["num_tokens"]
+  np.testing.assert_allclose(split["log_prob"], whole["log_prob"], rtol=1e-4)

@@ -78,6 +78,19 @@ def test_two_worker_processes_match_single_and_only_the_chief_writes(single_loss
   assert json.load(open(os.path.join(workdir, "config.json")))["distribute"]["backend"] == "multi_worker"
 
 
+def test_two_worker_processes_each_placed_over_two_devices_match_single(single_losses, tmp_path):
+  # One replica per worker, its parts over that worker's 2 logical CPUs and the softmax's rows
+  # split over both; the gradients all-reduced across the workers as unplaced.
+  workdir = str(tmp_path / "run")
+  _run(_launch(2, *STEPS, f"--workdir={workdir}",
+               "--config.placement.rules=lstm0=CPU:1, softmax=CPU:0+CPU:1"))
+  np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
+  plan = json.load(open(os.path.join(workdir, "placement.json")))
+  assert plan["devices"] == ["CPU:0", "CPU:1"]
+  assert plan["parts"]["lstm0"]["devices"] == ["CPU:1"]
+  assert plan["parts"]["softmax"]["devices"] == ["CPU:0", "CPU:1"]
+
+
 def test_sync_backup_with_every_worker_matches_single(single_losses, tmp_path):
   # N = all workers and b = 0: each step averages both workers' gradients of their halves of
   # the batch, computed by the one step: the update of the whole batch, as under single.

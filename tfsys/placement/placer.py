@@ -20,10 +20,13 @@ def mode(config) -> str:
   return "none" if placement is None else rules_lib.mode(placement)
 
 
-def local_devices() -> list:
-  """This host's devices as rules name them: CPU:0, CPU:1 (logical), GPU:0, ..."""
+def local_devices(host: str = "") -> list:
+  """This host's devices as rules name them: CPU:0, CPU:1 (logical), GPU:0, ... host: the
+  "/job:J/replica:0/task:I" of this task in a cluster, whose other tasks' devices TensorFlow
+  lists too."""
   return [rules_lib.device_name(d.name.split("device:")[-1])
-          for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")]
+          for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")
+          and (not host or d.name.startswith(host + "/"))]
 
 
 def assignment(config, parts: list, available: list) -> dict:
@@ -43,6 +46,32 @@ def parts(kind, model_config) -> list:
     raise UserError(f"--config.placement: the {kind.name} model does not declare parts to place "
                     "(placement is implemented for lstm_lm); leave --config.placement.mode=none")
   return model_class.parts(model_config)
+
+
+def record(config, assignment: dict, available: list, specs) -> dict:
+  """What placement.json keeps: the mode, this host's devices, and per part its devices, its
+  parameters and their bytes."""
+  parts = {p: {"devices": list(d), "parameters": 0, "bytes": 0} for p, d in assignment.items()}
+  for spec in specs:
+    n = 1
+    for k in spec.shape:
+      n *= int(k)
+    parts[spec.part]["parameters"] += n
+    parts[spec.part]["bytes"] += n * spec.dtype.size
+  return {"mode": mode(config), "rules": config.placement.rules,
+          "default": config.placement.default, "devices": list(available), "parts": parts}
+
+
+def table(record: dict) -> str:
+  """The plan as a Markdown table (TensorBoard's Text tab renders it)."""
+  rows = [f"placement ({record['mode']}) on {', '.join(record['devices'])}", "",
+          "| part | devices | parameters | MiB |", "|---|---|---:|---:|"]
+  for part, p in record["parts"].items():
+    rows.append(f"| {part} | {' + '.join(p['devices'])} | {p['parameters']:,} | "
+                f"{p['bytes'] / 2**20:.2f} |")
+  if "predicted_step_secs" in record:
+    rows += ["", f"predicted step time {1000 * record['predicted_step_secs']:.1f} ms"]
+  return "\n".join(rows)
 
 
 def write(workdir: str, record: dict) -> str:

@@ -131,6 +131,9 @@ class Run:
     if self.resuming and not self.restored:
       logging.info("workdir %s has a config but no checkpoint yet: starting at step 0", workdir)
     self.writers = Writers(workdir, enabled=self.is_chief)
+    if self.plan is not None and self.is_chief:
+      placer.write(workdir, self.plan)
+      self.writers.text("train", self.start, "placement", placer.table(self.plan))
     self.task.bind(self.model)
 
   def _placement(self, config, backend):
@@ -144,12 +147,12 @@ class Run:
                       "backend yet: use single or multi_worker")
     kind = models.kind(config.model)
     parts = placer.parts(kind, config.model)
-    available = placer.local_devices()
-    assignment = placer.assignment(config, parts, available)
     cluster = backend.cluster
     host = f"/job:{cluster.task_type}/replica:0/task:{cluster.task_index}" if cluster else ""
-    record = {"mode": placer.mode(config), "devices": available,
-              "assignment": {p: list(d) for p, d in assignment.items()}}
+    available = placer.local_devices(host)
+    assignment = placer.assignment(config, parts, available)
+    record = placer.record(config, assignment, available,
+                           models.variable_specs(config.model, len(self.vocab)))
     logging.info("[%s] placement: %s", backend.task_name,
                  ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
     return DevicePlacement(assignment, host), record

@@ -1,0 +1,137 @@
+"""Placement rules and row-sharded tables: where parts land, and that placing changes no result.
+
+The model checks run in a process with 4 logical CPU devices (placed_checks.py); the rules are
+pure; the scripts run end to end (a sharded run's SavedModel; two multi_worker processes).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import logging
+
+from tfsys.errors import UserError
+from tfsys.placement import placer, rules
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+@pytest.fixture(scope="module")
+def checks():
+  out = subprocess.run([sys.executable, os.path.join(HERE, "placed_checks.py")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- the model, placed (4 logical CPUs) ------------------------------------------------------
+@pytest.mark.kernels
+def test_each_part_variables_and_ops_forward_and_backward_on_its_device(checks):
+  whole = checks["whole"]
+  want = {"char_cnn": "CPU:1", "lstm0": "CPU:2", "lstm1": "CPU:3", "softmax": "CPU:0"}
+  for name, device in whole["variable_devices"].items():
+    part = "softmax" if name.startswith("softmax") else (
+        name.split("_")[0] if name.startswith("lstm") else "char_cnn")
+    assert device == want[part], (name, device)
+  for part, device in want.items():
+    ops = whole["op_devices"][part]
+    # Without the custom gradient the backward ops would have no device (the default one).
+    assert ops == {"forward": [device], "backward": [device]}, (part, ops)
+
+
+@pytest.mark.kernels
+def test_placed_loss_and_gradients_equal_the_unplaced_model(checks):
+  loss = checks["whole"]["loss"]
+  np.testing.assert_allclose(loss[1], loss[0], rtol=1e-6)
+  assert checks["whole"]["grad_diff"] < 1e-6
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("samples", [0, 16])
+def test_split_tables_give_the_unsplit_lookups_softmax_and_gradients(checks, samples):
+  c = checks[f"sharded_{samples}"]
+  np.testing.assert_allclose(c["loss"][1], c["loss"][0], rtol=1e-6)
+  assert c["grad_diff"] < 1e-6        # the shards' row gradients, put back in order
+  assert c["logits_diff"] < 1e-5      # the full softmax's columns computed shard by shard
+  assert c["shard_devices"] == ["CPU:1", "CPU:2", "CPU:3"]
+  assert c["shard_rows"] == [20, 20, 19]   # TensorFlow's "div" partitioning of 59 rows
+
+
+def test_a_checkpoint_of_k_shards_restores_into_k_prime_and_into_an_unsplit_model(checks):
+  r = checks["reshard"]
+  assert r["shards_2"] == [30, 29]
+  assert r["into_2"] == 0.0 and r["into_whole"] == 0.0 and r["whole_into_3"] == 0.0
+
+
+# ---- rules -----------------------------------------------------------------------------------
+PARTS = ["char_cnn", "lstm0", "lstm1", "softmax"]
+
+
+def test_rules_parse_in_order_with_split_devices():
+  got = rules.parse("char_cnn|softmax=cpu:0, lstm.*=/device:GPU:1, softmax=CPU:0+CPU:1")
+  assert got == [rules.Rule("char_cnn|softmax", ("CPU:0",)), rules.Rule("lstm.*", ("GPU:1",)),
+                 rules.Rule("softmax", ("CPU:0", "CPU:1"))]
+
+
+def test_overlapping_rules_first_match_wins_and_the_rest_take_the_default():
+  got = rules.assign(PARTS, rules.parse("lstm0=CPU:1, lstm.*=CPU:2, softmax=CPU:0+CPU:3"),
+                     "CPU:0")
+  assert got == {"char_cnn": ("CPU:0",), "lstm0": ("CPU:1",), "lstm1": ("CPU:2",),
+                 "softmax": ("CPU:0", "CPU:3")}
+  # A pattern matches a whole part name: "lstm" alone is no rule for lstm0.
+  assert rules.assign(PARTS, rules.parse("lstm=CPU:1"), "CPU:0")["lstm0"] == ("CPU:0",)
+
+
+def test_a_pattern_that_matches_no_part_is_a_warning_naming_it(monkeypatch):
+  said = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: said.append(msg % a))
+  rules.assign(PARTS, rules.parse("lstm0=CPU:1, decoder.*=CPU:2"), "CPU:0")
+  assert len(said) == 1 and "'decoder.*'" in said[0] and "lstm0" in said[0]
+
+
+def test_a_device_the_host_lacks_is_an_error_listing_the_devices_there_are():
+  with pytest.raises(UserError, match=r"lstm1 on GPU:0, which this host does not have; its "
+                                      r"devices: CPU:0, CPU:1"):
+    rules.check_devices(rules.assign(PARTS, rules.parse("lstm1=GPU:0"), "CPU:0"),
+                        ["CPU:0", "CPU:1"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lstm0", "not pattern=DEVICE"), ("lstm0=", "not pattern=DEVICE"),
+    ("lstm(=CPU:0", "not a regular expression"), ("lstm0=GPU", "not a device name"),
+    ("softmax=CPU:0+CPU:0", "names a device twice")])
+def test_bad_rules_are_one_line_errors(text, message):
+  with pytest.raises(UserError, match=message):
+    rules.parse(text)
+
+
+def test_mode_follows_the_rules_and_rejects_unknown_modes():
+  import ml_collections
+  c = ml_collections.ConfigDict({"placement": {"mode": "none", "rules": "", "default": "CPU:0"}})
+  assert placer.mode(c) == "none"
+  c.placement.rules = "lstm0=CPU:1"
+  assert placer.mode(c) == "rules"
+  c.placement.mode = "greedy"
+  with pytest.raises(UserError, match="placement.mode must be one of none, rules, auto"):
+    placer.mode(c)
+  assert placer.mode(ml_collections.ConfigDict({"model": {}})) == "none"   # configs before it
+
+
+def test_placement_under_a_backend_that_cannot_take_it_is_refused():
+  from configs import common
+  from tfsys.distribute.backends import make_backend
+  c = common.base_config().distribute
+  c.backend = "mirrored"
+  with pytest.raises(UserError, match="mirrored makes one replica per device"):
+    make_backend(c, placed=True)
+
+
+def test_a_model_without_parts_cannot_be_placed():
+  from configs import ptb_vae
+  import models
+  c = ptb_vae.get_config("smoke")
+  with pytest.raises(UserError, match="sentence_vae model does not declare parts"):
+    placer.parts(models.kind(c.model), c.model)
