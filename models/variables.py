@@ -75,23 +75,6 @@ class WholeVariables:
     return fn(*args)
 
 
-class ServerPlacement(WholeVariables):
-  """A parameter-server client's: its working copies are whole variables here, and `store`
-  places the state they are a copy of on the ps tasks: the tables split by rows, the rest as
-  tfsys/distribute/ps.py's Layout says. Every client makes the same stores by name."""
-
-  def __init__(self, ps_devices, min_shard_rows: int):
-    super().__init__()
-    self.ps_devices, self.min_shard_rows = ps_devices, min_shard_rows
-
-  def store(self, name: str, variables, like=None):
-    """A ShardedStore of `variables` on the ps tasks, placed as the model's variables `like`
-    (default: themselves) are: an optimizer's slots go where their variables go."""
-    from tfsys.distribute.ps import ShardedStore   # (models/ needs tfsys only here)
-    return ShardedStore(name, variables, self.ps_devices, self.min_shard_rows,
-                        self.tables(like if like is not None else variables))
-
-
 class DevicePlacement(WholeVariables):
   """Each part's variables and computation (forward and backward) on the devices that
   `assignment` gives it (tfsys/placement: from rules or the auto placer): one device, or
@@ -121,6 +104,35 @@ class DevicePlacement(WholeVariables):
 
   def run(self, part: str, fn, *args):
     return on_device(self.devices(part)[0], fn, *args, name=part)
+
+
+class ServerPlacement(DevicePlacement):
+  """A parameter-server client's: its working copies are whole variables here, and `store`
+  places the state they are a copy of on the ps tasks: the tables split by rows, the rest as
+  tfsys/distribute/ps.py's Layout says. Every client makes the same stores by name.
+
+  With an `assignment` (placement rules), each part's working copies and computation go to its
+  device of this client's host, as DevicePlacement places them; the tables are already split
+  over the ps tasks, so a part gets one device here."""
+
+  def __init__(self, ps_devices, min_shard_rows: int, assignment=None, host: str = ""):
+    super().__init__(assignment or {}, host)
+    self.ps_devices, self.min_shard_rows = ps_devices, min_shard_rows
+    self.placed = assignment is not None
+
+  def create(self, spec: VariableSpec):
+    return super().create(spec) if self.placed else WholeVariables.create(self, spec)
+
+  def run(self, part: str, fn, *args):
+    return super().run(part, fn, *args) if self.placed else fn(*args)
+
+  def store(self, name: str, variables, like=None):
+    """A ShardedStore of `variables` on the ps tasks, placed as the model's variables `like`
+    (default: themselves) are: an optimizer's slots go where their variables go."""
+    from tfsys.distribute.ps import ShardedStore   # (models/ needs tfsys only here)
+    return ShardedStore(name, variables, self.ps_devices, self.min_shard_rows,
+                        self.tables(like if like is not None else variables))
+
 
 
 def parameters(module: tf.Module) -> list:

@@ -93,13 +93,18 @@ def test_two_worker_processes_each_placed_over_two_devices_match_single(single_l
 
 def test_sync_backup_with_every_worker_matches_single(single_losses, tmp_path):
   # N = all workers and b = 0: each step averages both workers' gradients of their halves of
-  # the batch, computed by the one step: the update of the whole batch, as under single.
+  # the batch, computed by the one step: the update of the whole batch, as under single. The
+  # workers place their step over 2 logical CPUs each (the tables stay split over the ps).
   workdir = str(tmp_path / "run")
   _run([sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_ps=1",
         "--num_workers=2", "--", *TRAIN, *STEPS, f"--workdir={workdir}",
         "--config.distribute.backend=sync_backup", "--config.distribute.replicas_to_aggregate=2",
-        "--config.distribute.total_num_replicas=2"])
+        "--config.distribute.total_num_replicas=2",
+        "--config.placement.rules=lstm0=CPU:1, softmax=CPU:1"])
   np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
+  for task in ("worker0", "worker1"):
+    log = open(os.path.join(workdir, "logs", f"{task}.log")).read()
+    assert "placement: embedding on CPU:0, lstm0 on CPU:1, lstm1 on CPU:0, softmax on CPU:1" in log
 
 
 def test_kill_every_task_then_relaunch_resumes(tmp_path):

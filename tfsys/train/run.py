@@ -100,7 +100,7 @@ class Run:
     # A placed replica's variables are its own, where the placement puts them (under
     # multi_worker every worker applies the same all-reduced update to its copy); the strategy
     # would mirror them on its one device per replica instead.
-    placed = isinstance(self.placement, DevicePlacement)
+    placed = isinstance(self.placement, DevicePlacement) and backend.ps is None
     with contextlib.nullcontext() if placed else strategy.scope():
       self.model = models.build(config.model, self.vocab.words, seed=config.seed,
                                 placement=self.placement)
@@ -142,9 +142,6 @@ class Run:
       if backend.ps is not None:
         return ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows), None
       return WholeVariables(), None
-    if backend.ps is not None:
-      raise UserError(f"--config.placement is not implemented for the {backend.ps.kind} "
-                      "backend yet: use single or multi_worker")
     kind = models.kind(config.model)
     parts = placer.parts(kind, config.model)
     cluster = backend.cluster
@@ -155,7 +152,15 @@ class Run:
                            models.variable_specs(config.model, len(self.vocab)))
     logging.info("[%s] placement: %s", backend.task_name,
                  ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
-    return DevicePlacement(assignment, host), record
+    if backend.ps is None:
+      return DevicePlacement(assignment, host), record
+    split = [p for p, d in assignment.items() if len(d) > 1]
+    if split:
+      raise UserError(f"--config.placement splits {', '.join(split)} over several devices; "
+                      f"under {backend.ps.kind} the tables are split over the ps tasks "
+                      "(--config.distribute.shard_min_rows): give each part one device")
+    return ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows,
+                           assignment, host), record
 
   # ---------------------------------------------------------------- checkpoints
   def save(self, step: int, state_rows=None) -> None:
