@@ -164,32 +164,64 @@ class LanguageModel(tf.Module):
     seed: the step's seed (stateless.step_seed), for the dropout masks in training; by default
     step 0's on this replica.
     """
+    pieces, state = self._hidden_pieces(x, state, training, seed)
+    return (pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=1)), state
+
+  def _hidden_pieces(self, x, state, training: bool, seed=None):
+    """hidden() as a list of the top layer's outputs per chunk of time steps.
+
+    A placement may cut the T steps into chunks (placement.chunks; 1 by default): layer k runs
+    chunk j once layer k-1 has run it and layer k has run chunk j-1, so that layers placed on
+    different devices work at once on different chunks: the pipelining of the TensorFlow
+    whitepaper's Figure 8. The dropout masks are drawn for the whole [B, T, D] and cut alike, so
+    a chunked step draws what an unchunked one does.
+    """
     c = self.config
     if training and seed is None:
       seed = stateless.step_seed(self.seed, 0)
     rate = c.dropout if training else 0.0
     # Workdirs written before these keys existed trained with their defaults.
     forget_bias = c.get("forget_bias", FORGET_BIAS)
-    new_state = []
+    chunks = self.placement.chunks
+    steps = x.shape[1]
+    if chunks > 1 and (steps is None or steps < chunks):
+      chunks = 1   # (a request of unknown or fewer steps runs whole)
+    if chunks > 1:
+      sizes = [steps // chunks + (1 if j < steps % chunks else 0) for j in range(chunks)]
+      pieces = tf.split(x, sizes, axis=1)
+    else:
+      pieces = [x]
+
+    def mask(k, dim, rate):   # site k's dropout mask [B, T, dim], cut into the chunks
+      if chunks == 1 or not rate:
+        return [None] * chunks
+      ones = tf.ones(tf.stack([tf.shape(x)[0], steps, dim]))
+      return tf.split(stateless.dropout(ones, rate, stateless.site_seed(seed, k)), sizes, 1)
+
+    state = list(state)
     for layer in range(c.num_layers):
       # Kim et al. §4: no dropout on the highway-to-LSTM connection; Zaremba et al. drop the
       # word embeddings too. `embedding_dropout` chooses.
       layer_rate = (c.embedding_dropout if training else 0.0) if layer == 0 else rate
       params = {k: self.params[f"lstm{layer}_{k}"] for k in ("w_x", "w_h", "b", "w_p")
                 if f"lstm{layer}_{k}" in self.params}
-
       top = layer == c.num_layers - 1
-
-      def run_layer(x, s, layer=layer, layer_rate=layer_rate, params=params, top=top):
-        if layer_rate:
-          x = stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer))
-        x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias)
-        if top and rate:   # the dropout before the softmax
-          x = stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers))
-        return x, s
-      x, s = self.placement.run(f"lstm{layer}", run_layer, x, state[layer])
-      new_state.append(s)
-    return x, tuple(new_state)
+      masks_in = mask(layer, int(params["w_x"].shape[0]), layer_rate)
+      masks_out = mask(c.num_layers, self.state_dim, rate if top else 0.0)
+      for j in range(chunks):
+        def run_layer(x, s, layer=layer, layer_rate=layer_rate, params=params, top=top,
+                      mask_in=masks_in[j], mask_out=masks_out[j]):
+          if layer_rate:
+            x = (x * mask_in if mask_in is not None
+                 else stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer)))
+          x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias)
+          if top and rate:   # the dropout before the softmax
+            x = (x * mask_out if mask_out is not None
+                 else stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers)))
+          return x, s
+        pieces[j], state[layer] = self.placement.run(f"lstm{layer}", run_layer, pieces[j],
+                                                     state[layer])
+    return pieces, tuple(state)
 
   # ---- outputs -----------------------------------------------------------------------------
   def output_logits(self, h):
@@ -221,11 +253,25 @@ class LanguageModel(tf.Module):
     parameter-server worker passes its task index).
     """
     seed = stateless.step_seed(self.seed, step, replica) if training else None
-    h, state = self.hidden(self.embed_ids(batch["inputs"]), state, training, seed)
-    p = tf.shape(h)[-1]
-    flat_h = tf.reshape(h, [-1, p])
-    targets = tf.reshape(batch["targets"], [-1])
-    weights = tf.reshape(batch["weights"], [-1])
+    pieces, state = self._hidden_pieces(self.embed_ids(batch["inputs"]), state, training, seed)
+    n = self.config.num_samples
+    if len(pieces) > 1 and training and 0 < n < self.vocab_size:
+      pieces = [tf.concat(pieces, axis=1)]   # one set of sampled negatives for the whole batch
+    # Chunked, the full softmax runs chunk by chunk, pipelined after the layers.
+    cut = ((lambda t: tf.split(t, [int(p.shape[1]) for p in pieces], axis=1))
+           if len(pieces) > 1 else (lambda t: [t]))
+    token_loss = tf.concat([self._softmax_loss(h, t, training, seed)
+                            for h, t in zip(pieces, cut(batch["targets"]))], axis=0)
+    weights = tf.concat([tf.reshape(w, [-1]) for w in cut(batch["weights"])], axis=0)
+    nll_sum = tf.reduce_sum(token_loss * weights)
+    num_tokens = tf.reduce_sum(weights)
+    mean = nll_sum / tf.maximum(num_tokens, 1.0)
+    return mean, {"nll_sum": nll_sum, "num_tokens": num_tokens}, state
+
+  def _softmax_loss(self, h, targets, training, seed):
+    """Per-token losses [B·T] of top outputs h [B, T, P] for targets [B, T] (the softmax part)."""
+    flat_h = tf.reshape(h, [-1, tf.shape(h)[-1]])
+    targets = tf.reshape(targets, [-1])
     n = self.config.num_samples
     w, b = self.params["softmax_w"], self.params["softmax_b"]
 
@@ -241,11 +287,7 @@ class LanguageModel(tf.Module):
             remove_accidental_hits=True)
       logits = sharded.logits(flat_h, w, b)
       return tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-    token_loss = self.placement.run("softmax", softmax_loss, flat_h, targets)
-    nll_sum = tf.reduce_sum(token_loss * weights)
-    num_tokens = tf.reduce_sum(weights)
-    mean = nll_sum / tf.maximum(num_tokens, 1.0)
-    return mean, {"nll_sum": nll_sum, "num_tokens": num_tokens}, state
+    return self.placement.run("softmax", softmax_loss, flat_h, targets)
 
   def scalars(self, sums: dict, step: int) -> dict:
     del sums, step

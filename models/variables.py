@@ -54,6 +54,7 @@ class Placement(Protocol):
 
 class WholeVariables:
   """Each variable whole, in the current device and strategy scope."""
+  chunks = 1   # time steps are not cut into chunks (DevicePlacement: pipelining)
 
   def __init__(self):
     self.specs = {}   # variable ref -> its spec
@@ -83,9 +84,9 @@ class DevicePlacement(WholeVariables):
   names ("/job:worker/replica:0/task:1" under multi_worker; "" in one process), so that the
   same assignment places every worker's replica on its own devices."""
 
-  def __init__(self, assignment: dict, host: str = ""):
+  def __init__(self, assignment: dict, host: str = "", chunks: int = 1):
     super().__init__()
-    self.assignment, self.host = dict(assignment), host
+    self.assignment, self.host, self.chunks = dict(assignment), host, chunks
 
   def devices(self, part: str) -> list:
     if part not in self.assignment:

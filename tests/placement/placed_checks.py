@@ -99,6 +99,15 @@ def main():
                                        for v in placed.trainable_variables},
                   "op_devices": op_devices(step, data, sorted(rules))}
 
+  # ... and pipelined: the time steps cut into 3 chunks (of 6: 2 each), the layers on different
+  # devices, the full softmax chunk by chunk; dropout masks cut from the whole step's.
+  chunked = models.build(c, WORDS, seed=3, placement=DevicePlacement(rules, chunks=3))
+  l2, g2, step = loss_and_grads(chunked, data)
+  out["chunked"] = {"loss": [l0, l2], "grad_diff": max_diff(g0, g2),
+                    "op_devices": op_devices(step, data, sorted(rules)),
+                    "eval_loss": [float(plain.loss(data, plain.initial_state(3), False)[0]),
+                                  float(chunked.loss(data, chunked.initial_state(3), False)[0])]}
+
   # 2. Tables split by rows: the word embedding over 2 devices, the softmax over 3; full and
   # sampled softmax; then a K=3 checkpoint restored into K'=2 and into an unsplit model.
   split = {"embedding": ("CPU:0", "CPU:1"), "lstm0": ("CPU:2",), "lstm1": ("CPU:2",),

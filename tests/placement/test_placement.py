@@ -50,6 +50,15 @@ def test_placed_loss_and_gradients_equal_the_unplaced_model(checks):
 
 
 @pytest.mark.kernels
+def test_pipelined_chunks_give_the_unchunked_loss_and_gradients_on_the_same_devices(checks):
+  c = checks["chunked"]
+  np.testing.assert_allclose(c["loss"][1], c["loss"][0], rtol=1e-6)
+  np.testing.assert_allclose(c["eval_loss"][1], c["eval_loss"][0], rtol=1e-6)
+  assert c["grad_diff"] < 1e-6
+  assert c["op_devices"] == checks["whole"]["op_devices"]
+
+
+@pytest.mark.kernels
 @pytest.mark.parametrize("samples", [0, 16])
 def test_split_tables_give_the_unsplit_lookups_softmax_and_gradients(checks, samples):
   c = checks[f"sharded_{samples}"]
@@ -135,3 +144,44 @@ def test_a_model_without_parts_cannot_be_placed():
   c = ptb_vae.get_config("smoke")
   with pytest.raises(UserError, match="sentence_vae model does not declare parts"):
     placer.parts(models.kind(c.model), c.model)
+
+
+# ---- the scripts -----------------------------------------------------------------------------
+def _script(*args, status=0):
+  proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
+                        cwd=ROOT)
+  assert proc.returncode == status, (proc.stdout + proc.stderr)[-3000:]
+  return proc.stdout + proc.stderr
+
+
+def test_place_prints_the_billion_word_plan_for_a_described_cluster_and_refuses_a_small_one():
+  big = ["scripts/place.py", "--config=configs/lm1b_big_lstm_cnn.py", "--vocab_size=793471",
+         "--config.placement.mode=auto"]
+  out = _script(*big, "--devices=CPU:0=64GiB@100,GPU:0=8GiB@15000,GPU:1=8GiB@15000")
+  assert "vocabulary 793,471, auto placement on CPU:0, GPU:0, GPU:1" in out
+  for part in ("char_cnn", "lstm0", "lstm1", "softmax"):
+    assert f"\n{part} " in out
+  assert "predicted step" in out and "as rules: --config.placement.rules=" in out
+  # 813M softmax parameters and their Adagrad slots (6.06 GiB) fit no 8 GiB GPU beside the
+  # rest, so the plan must keep every device within its memory.
+  for line in out.splitlines():
+    if line.startswith(("CPU:0 ", "GPU:0 ", "GPU:1 ")):
+      used, limit = float(line.split()[-5]), float(line.split()[-2])
+      assert used <= limit, line
+  refused = _script(*big, "--devices=CPU:0=4GiB@100,GPU:0=4GiB@15000", status=2)
+  errors = [line for line in refused.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "short by 3.01 GiB" in errors[0], refused[-2000:]
+  assert "Traceback" not in refused
+
+
+def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
+  workdir = str(tmp_path / "run")
+  out = _script("scripts/train.py", "--config=configs/ptb_word_lstm.py:smoke",
+                f"--workdir={workdir}", "--config.placement.mode=auto",
+                "--config.train.num_steps=2", "--config.eval.max_tokens=100")
+  assert "the auto placer's plan" in out and "predicted step" in out
+  plan = json.load(open(os.path.join(workdir, "placement.json")))
+  assert plan["mode"] == "auto" and plan["devices"] == ["CPU:0", "CPU:1"]
+  assert plan["predicted_step_secs"] > 0
+  assert set(plan["parts"]) == {"embedding", "lstm0", "lstm1", "softmax"}
+  assert all(set(p["devices"]) <= {"CPU:0", "CPU:1"} for p in plan["parts"].values())

@@ -1,8 +1,9 @@
 """From a config to a placement: which devices each part of a replica gets, and the record of it.
 
 `mode(config)` says whether a run is placed at all (configs written before placement existed are
-not). `assignment(config, parts, available)` gives {part: devices}: from the rules, or from the
-auto placer (auto.py), checked against the devices this host has. `write(workdir, record)`
+not). `assignment(config, parts, available)` gives {part: devices} from the rules, checked
+against the devices this host has; `auto_plan` the auto placer's plan (auto.py), which `agree`
+makes every multi_worker worker's. `write(workdir, record)`
 keeps the plan as placement.json in the workdir; the TensorBoard text is the controller's.
 """
 import json
@@ -39,6 +40,37 @@ def assignment(config, parts: list, available: list) -> dict:
   return out
 
 
+def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devices=None,
+              links=None):
+  """The auto placer's plan (auto.py) for one replica of config on `available` devices: the
+  cost model's figures measured on them (measure.py, ~2 s) unless `devices` describes them."""
+  from tfsys.placement import auto, graph, measure
+  step = graph.config_graph(config, vocab_size, chunks=config.placement.get("chunks", 1),
+                            replicas=replicas)
+  if devices is None:
+    devices, links = measure.measure_devices(available)
+  return auto.place(step, devices, links)
+
+
+def agree(strategy, assignment: dict, available: list) -> dict:
+  """The first worker's assignment, on every worker of a multi_worker cluster: each measures
+  its own devices, and two plans that split a table differently would make their gradient
+  lists differ, which an all-reduce cannot take. One all-reduce of the plan as a bitmask of
+  devices per part (worker 0's; the others add zeros)."""
+  import numpy as np
+  parts = list(assignment)
+  mine = np.array([sum(1 << available.index(d) for d in assignment[p]) for p in parts],
+                  np.int64)
+
+  def reduce():
+    ctx = tf.distribute.get_replica_context()
+    first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.int64)
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(mine) * first)
+  masks = strategy.experimental_local_results(strategy.run(tf.function(reduce)))[0].numpy()
+  return {p: tuple(d for k, d in enumerate(available) if int(m) >> k & 1)
+          for p, m in zip(parts, masks)}
+
+
 def parts(kind, model_config) -> list:
   """The parts of a model kind's model (a UserError for a model that declares none)."""
   model_class = kind.model_class()
@@ -48,9 +80,9 @@ def parts(kind, model_config) -> list:
   return model_class.parts(model_config)
 
 
-def record(config, assignment: dict, available: list, specs) -> dict:
+def record(config, assignment: dict, available: list, specs, plan=None) -> dict:
   """What placement.json keeps: the mode, this host's devices, and per part its devices, its
-  parameters and their bytes."""
+  parameters and their bytes; with the auto placer's plan, its predictions."""
   parts = {p: {"devices": list(d), "parameters": 0, "bytes": 0} for p, d in assignment.items()}
   for spec in specs:
     n = 1
@@ -58,8 +90,12 @@ def record(config, assignment: dict, available: list, specs) -> dict:
       n *= int(k)
     parts[spec.part]["parameters"] += n
     parts[spec.part]["bytes"] += n * spec.dtype.size
-  return {"mode": mode(config), "rules": config.placement.rules,
-          "default": config.placement.default, "devices": list(available), "parts": parts}
+  out = {"mode": mode(config), "rules": config.placement.rules,
+         "default": config.placement.default, "chunks": config.placement.get("chunks", 1),
+         "devices": list(available), "parts": parts}
+  if plan is not None:
+    out.update(predicted_step_secs=plan.step_secs, plan=plan.to_json())
+  return out
 
 
 def table(record: dict) -> str:

@@ -112,3 +112,8 @@ def check_devices(assignment: dict, available) -> None:
             f"--config.placement places {part} on {d}, which this host does not have; its "
             f"devices: {', '.join(sorted(have))}. Without GPUs, --config.distribute."
             "num_logical_cpus=N gives N logical CPU devices CPU:0..CPU:N-1")
+
+
+def as_text(assignment: dict) -> str:
+  """{part: devices} as the rules that give it (placement.rules' syntax)."""
+  return ", ".join(f"{re.escape(part)}={'+'.join(devices)}" for part, devices in assignment.items())

@@ -147,20 +147,37 @@ class Run:
     cluster = backend.cluster
     host = f"/job:{cluster.task_type}/replica:0/task:{cluster.task_index}" if cluster else ""
     available = placer.local_devices(host)
-    assignment = placer.assignment(config, parts, available)
+    plan = None
+    if placer.mode(config) == "auto":
+      if backend.ps is not None:
+        raise UserError(f"--config.placement.mode=auto is not available under {backend.ps.kind}"
+                        " (its chief and workers would each measure and place on their own): "
+                        "print a plan with scripts/place.py and give it as placement.rules")
+      plan = placer.auto_plan(config, len(self.vocab), available, backend.replicas)
+      logging.info("[%s] the auto placer's plan:\n%s", backend.task_name, plan.table())
+      assignment = plan.device_tuples()
+      if cluster is not None:
+        assignment = placer.agree(backend.strategy, assignment, available)
+    else:
+      assignment = placer.assignment(config, parts, available)
     record = placer.record(config, assignment, available,
-                           models.variable_specs(config.model, len(self.vocab)))
+                           models.variable_specs(config.model, len(self.vocab)), plan)
     logging.info("[%s] placement: %s", backend.task_name,
                  ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
+    chunks = config.placement.get("chunks", 1)
+    if chunks < 1:
+      raise UserError(f"--config.placement.chunks must be >= 1, got {chunks}")
     if backend.ps is None:
-      return DevicePlacement(assignment, host), record
+      return DevicePlacement(assignment, host, chunks), record
     split = [p for p, d in assignment.items() if len(d) > 1]
     if split:
       raise UserError(f"--config.placement splits {', '.join(split)} over several devices; "
                       f"under {backend.ps.kind} the tables are split over the ps tasks "
                       "(--config.distribute.shard_min_rows): give each part one device")
-    return ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows,
-                           assignment, host), record
+    placement = ServerPlacement(backend.ps.ps_devices, config.distribute.shard_min_rows,
+                                assignment, host)
+    placement.chunks = chunks
+    return placement, record
 
   # ---------------------------------------------------------------- checkpoints
   def save(self, step: int, state_rows=None) -> None:

@@ -1,0 +1,81 @@
+"""Prints a config's placement plan without training: python scripts/place.py --config=configs/X.py
+
+  --config.placement.mode=auto          the auto placer's plan (tfsys/placement/auto.py)
+  --config.placement.rules="lstm0=..."  the rules' plan, with the cost model's predictions
+
+By default the devices are this machine's (its GPUs, or --config.distribute.num_logical_cpus
+logical CPUs), measured for the cost model in about 2 seconds. --devices describes devices this
+machine need not have, and nothing is allocated: the plan comes from shapes and the cost model,
+
+  python scripts/place.py --config=configs/lm1b_big_lstm_cnn.py --vocab_size=793471 \\
+      --config.placement.mode=auto --devices="CPU:0=64GiB@100,GPU:0=16GiB@15000,GPU:1=16GiB@15000"
+
+(NAME=MEMORY@GFLOP/s per device; links: tfsys/placement/schedule.py's default_links). The plan
+ends with the rules that give it (--config.placement.rules=...), e.g. for the ps backends,
+where the auto placer does not run.
+"""
+from tfsys import cli  # first: sets TensorFlow's log level
+
+from absl import flags
+from ml_collections import config_flags
+
+from tfsys.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_DEVICES = flags.DEFINE_string("devices", "", "devices to plan for, NAME=MEMORY@GFLOPS,... "
+                               "(default: this machine's, measured)")
+_VOCAB = flags.DEFINE_integer("vocab_size", 0, "the vocabulary's size (default: "
+                              "config.data.vocab_size, else the corpus's vocabulary)")
+_REPLICAS = flags.DEFINE_integer("replicas", 1, "replicas sharing train.batch_size "
+                                 "(multi_worker: the workers)")
+flags.mark_flags_as_required(["config"])
+
+
+def vocab_size(config) -> int:
+  if _VOCAB.value:
+    return _VOCAB.value
+  if config.data.vocab_size:
+    return config.data.vocab_size
+  from tfsys import data
+  try:
+    corpus = data.make_corpus(config.data)
+    return len(data.load_vocabulary(config.data, corpus, workdir=None, save=False))
+  except UserError as e:
+    raise UserError(f"{e}; or give --vocab_size (the LM1B vocabulary has 793,471 words)") from None
+
+
+def main(argv):
+  del argv
+  import models
+  from tfsys.placement import auto, graph, placer, rules
+  config = _CONFIG.value
+  mode = placer.mode(config)
+  if mode == "none":
+    raise UserError("give --config.placement.mode=auto or --config.placement.rules=... "
+                    "(this config places nothing)")
+  parts = placer.parts(models.kind(config.model), config.model)
+  size = vocab_size(config)
+  if _DEVICES.value:
+    devices, links = auto.parse_devices(_DEVICES.value), None
+  else:
+    from tfsys.distribute.backends import make_backend
+    make_backend(config.distribute, placed=True)   # this machine's devices, as training has them
+    from tfsys.placement import measure
+    devices, links = measure.measure_devices(placer.local_devices())
+  names = [d.name for d in devices]
+  if mode == "auto":
+    plan = placer.auto_plan(config, size, names, _REPLICAS.value, devices, links)
+  else:
+    assignment = placer.assignment(config, parts, names)
+    step = graph.config_graph(config, size, chunks=config.placement.chunks,
+                              replicas=_REPLICAS.value)
+    plan = auto.predict(step, assignment, devices, links)
+  print(f"{config.model.name}: vocabulary {size:,}, {mode} placement on "
+        f"{', '.join(names)}\n")
+  print(plan.table())
+  given = rules.as_text(plan.device_tuples())
+  print(f"\nas rules: --config.placement.rules=\"{given}\"")
+
+
+if __name__ == "__main__":
+  cli.run(main)
