@@ -185,3 +185,16 @@ def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
   assert plan["predicted_step_secs"] > 0
   assert set(plan["parts"]) == {"embedding", "lstm0", "lstm1", "softmax"}
   assert all(set(p["devices"]) <= {"CPU:0", "CPU:1"} for p in plan["parts"].values())
+
+
+def test_rules_that_overfill_a_device_are_refused_naming_it_and_the_shortfall(monkeypatch):
+  from configs import ptb_word_lstm
+  from tfsys.placement import measure
+  config = ptb_word_lstm.get_config()
+  every = {p: ("CPU:0",) for p in ("embedding", "lstm0", "lstm1", "softmax")}
+  monkeypatch.setattr(measure, "_host_available_bytes", lambda: 2 << 30)
+  placer.check_memory(config, 10_000, every, ["CPU:0", "CPU:1"])   # 1 GiB each: it fits
+  monkeypatch.setattr(measure, "_host_available_bytes", lambda: 16 << 20)   # 8 MiB each
+  with pytest.raises(UserError, match=r"CPU:0 holds embedding, lstm0, lstm1, softmax .* but "
+                                      r"has 0\.01 GiB; short by 0\.\d\d GiB"):
+    placer.check_memory(config, 10_000, every, ["CPU:0", "CPU:1"])

@@ -60,6 +60,16 @@ def _gpu_memory_bytes(name: str) -> int:
                     "(auto.parse_devices: NAME=MEMORY@GFLOPS,...)") from None
 
 
+def memory_limits(device_names) -> list:
+  """Devices named as rules name them with their memory only (speeds unknown: 1 GFLOP/s):
+  enough to check that a plan fits. Logical CPUs share the host's available memory evenly."""
+  names = [canonical(n) for n in device_names]
+  cpus = sum(n.startswith("CPU:") for n in names)
+  host = _host_available_bytes() if cpus else 0
+  return [Device(n, n.split(":")[0], 1.0, host // cpus if n.startswith("CPU:")
+                 else _gpu_memory_bytes(n)) for n in names]
+
+
 def measure_devices(device_names, seconds: float = 3.0, shape=(700, 200, 800),
                     copy_bytes: int = 4 * 2**20):
   """(devices, links) for `device_names` of this process ("/device:CPU:0", "CPU:1", "GPU:0")
@@ -156,3 +166,84 @@ def _measure_links(tf, devices, budget: float, copy_bytes: int) -> Links:
       bandwidth = copy_bytes / moving if moving > copy_bytes / MAX_BANDWIDTH else MAX_BANDWIDTH
       kinds[a.kind, b.kind] = Link(min(bandwidth, MAX_BANDWIDTH), latency)
   return Links(default, kinds=kinds)
+
+
+def step_timers(config, vocab_size: int, assignments, replicas: int = 1):
+  """[fn() -> loss] per prefix of `assignments` ({part: devices}): one training step (loss,
+  gradients, update) of config's model on one replica's batch of synthetic ids, one copy of the
+  model per assignment, the copies run side by side in one tf.function (the first function
+  runs the first copy alone, the second the first two at once, ...): the profiling runs the
+  cost model is calibrated on."""
+  import numpy as np   # pylint: disable=import-outside-toplevel
+  import tensorflow as tf   # pylint: disable=import-outside-toplevel
+  import models   # pylint: disable=import-outside-toplevel
+  from models.sharded import variables_of   # pylint: disable=import-outside-toplevel
+  from models.variables import DevicePlacement, parameters   # pylint: disable=import-outside-toplevel
+  words = [f"w{i}" for i in range(vocab_size)]
+  rows, steps = max(config.train.batch_size // replicas, 1), config.train.unroll
+  ids = np.random.default_rng(0).integers(0, vocab_size, size=(rows, steps + 1))
+  batch = {"inputs": tf.constant(ids[:, :-1], tf.int32),
+           "targets": tf.constant(ids[:, 1:], tf.int32), "weights": tf.ones([rows, steps])}
+  copies = []
+  for assignment in assignments:
+    model = models.build(config.model, words, placement=DevicePlacement(assignment))
+    copies.append((model, variables_of(parameters(model))))
+
+  def one_step(model, variables):
+    with tf.GradientTape() as tape:
+      loss, _, _ = model.loss(batch, model.initial_state(rows), training=True, step=0)
+    grads = tape.gradient(loss, variables)
+    for v, g in zip(variables, grads):   # SGD: the update's cost, not its maths, matters
+      if isinstance(g, tf.IndexedSlices):
+        v.scatter_sub(tf.IndexedSlices(1e-9 * g.values, g.indices, g.dense_shape))
+      else:
+        v.assign_sub(1e-9 * g)
+    return loss
+
+  # One trace for every count: copy k runs when count > k (tracing a step costs seconds).
+  @tf.function
+  def steps(count):
+    total = one_step(*copies[0])
+    for k, copy in enumerate(copies[1:], start=1):
+      total += tf.cond(count > k, lambda copy=copy: one_step(*copy), lambda: 0.0)
+    return total
+  return [lambda n=n: steps(tf.constant(n)) for n in range(1, len(copies) + 1)]
+
+
+def calibrate(config, vocab_size: int, devices, replicas: int = 1, seconds: float = 3.0):
+  """devices with their speeds scaled so that the cost model predicts the measured step of the
+  whole model on one device of each kind, and, for logical CPUs sharing the host's cores, the
+  pool's speed taken from two such steps run at once on two of them.
+
+  A matmul's speed alone overrates a device on a real step (the recurrence's many small ops,
+  the element-wise work, the executor's overheads; measured here: the word LM predicted 27%
+  under its step on one logical CPU), and how well two logical CPUs overlap depends on the ops
+  they run (matmul chains here overlapped 1.0-1.6x from run to run); the step itself is the
+  figure that counts. The one-device plan is then the calibration point; every other plan is
+  predicted from it."""
+  from tfsys.placement import auto, graph as graph_lib   # pylint: disable=import-outside-toplevel
+  step_graph = graph_lib.config_graph(config, vocab_size, replicas=replicas)
+  parts = list(step_graph.parts)
+  out, by_kind = list(devices), {}
+  for k, d in enumerate(devices):
+    by_kind.setdefault(d.kind, []).append(k)
+  budget = seconds / (2 * len(by_kind) + 1)   # per timed function, after its trace
+  for kind, members in by_kind.items():
+    first = devices[members[0]]
+    one = {p: (first.name,) for p in parts}
+    pair = kind == "CPU" and len(members) > 1 and first.pool
+    assignments = [one] + ([{p: (devices[members[1]].name,) for p in parts}] if pair else [])
+    timers = step_timers(config, vocab_size, assignments, replicas)
+    measured = _median_secs(timers[0], budget)
+    predicted = auto.predict(step_graph, one, devices, check_memory=False).step_secs
+    scale = predicted / measured   # < 1: the device is slower on the step than on a matmul
+    for k in members:
+      out[k] = dataclasses.replace(devices[k], gflops=devices[k].gflops * scale,
+                                   launch_secs=devices[k].launch_secs / scale,
+                                   pool_gflops=devices[k].pool_gflops * scale)
+    if pair:
+      together = _median_secs(timers[1], budget)
+      pool = 2 * measured / together * out[members[0]].gflops   # the pair's speed in all
+      for k in members:
+        out[k] = dataclasses.replace(out[k], pool_gflops=pool * len(members) / 2)
+  return out

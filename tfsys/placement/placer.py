@@ -49,7 +49,18 @@ def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devic
                             replicas=replicas)
   if devices is None:
     devices, links = measure.measure_devices(available)
+    devices = measure.calibrate(config, vocab_size, devices, replicas)
   return auto.place(step, devices, links)
+
+
+def check_memory(config, vocab_size: int, assignment: dict, available: list,
+                 replicas: int = 1) -> None:
+  """A PlacementError naming the device and the shortfall if `assignment` puts more parameters,
+  optimizer slots and activations on a device than it holds (auto.py's check, from shapes)."""
+  from tfsys.placement import auto, graph, measure
+  step = graph.config_graph(config, vocab_size, chunks=config.placement.get("chunks", 1),
+                            replicas=replicas)
+  auto.predict(step, assignment, measure.memory_limits(available))
 
 
 def agree(strategy, assignment: dict, available: list) -> dict:

@@ -160,6 +160,7 @@ class Run:
         assignment = placer.agree(backend.strategy, assignment, available)
     else:
       assignment = placer.assignment(config, parts, available)
+      placer.check_memory(config, len(self.vocab), assignment, available, backend.replicas)
     record = placer.record(config, assignment, available,
                            models.variable_specs(config.model, len(self.vocab)), plan)
     logging.info("[%s] placement: %s", backend.task_name,
