@@ -53,7 +53,7 @@ def config(model: str):
 
 def manual_plans(parts: list) -> dict:
   """Hand-made plans over CPU:0 and CPU:1: {label: (assignment, chunks)}."""
-  first, lstms, top = parts[0], [p for p in parts if p.startswith("lstm")], parts[-1]
+  lstms, top = [p for p in parts if p.startswith("lstm")], parts[-1]
   one = {p: ("CPU:0",) for p in parts}
   plans = {}
   for chunks in CHUNKS:
@@ -120,7 +120,7 @@ def worker_default(model: str, steps: int) -> dict:
   words = [f"w{i}" for i in range(VOCAB)]
   c = config(model)
   devices, links = measure.measure_devices(["CPU:0"])
-  devices = measure.calibrate(c, VOCAB, devices)
+  devices = measure.calibrate(c, VOCAB, devices, seconds=2.0)
   from models.lstm_lm import parts
   one = {p: ("CPU:0",) for p in parts(c.model)}
   return {"default": {"measured_ms": 1e3 * time_plan(model, words, None, 1, steps),
@@ -140,8 +140,8 @@ def worker_split(model: str, steps: int) -> dict:
   out = {}
   # d: the auto placer, its measurement included, over the chunkings it may choose.
   t0 = time.perf_counter()
-  devices, links = measure.measure_devices(["CPU:0", "CPU:1"])
-  devices = measure.calibrate(c, VOCAB, devices)
+  devices, links = measure.measure_devices(["CPU:0", "CPU:1"], seconds=2.0)
+  devices = measure.calibrate(c, VOCAB, devices, seconds=2.0)
   best = None
   for chunks in CHUNKS:
     plan = auto.place(graph.config_graph(c, VOCAB, chunks=chunks), devices, links)

@@ -48,8 +48,8 @@ def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devic
   step = graph.config_graph(config, vocab_size, chunks=config.placement.get("chunks", 1),
                             replicas=replicas)
   if devices is None:
-    devices, links = measure.measure_devices(available)
-    devices = measure.calibrate(config, vocab_size, devices, replicas)
+    devices, links = measure.measure_devices(available, seconds=2.0)
+    devices = measure.calibrate(config, vocab_size, devices, replicas, seconds=2.0)
   return auto.place(step, devices, links)
 
 
