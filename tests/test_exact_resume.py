@@ -23,6 +23,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tests import warm
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 STEP = re.compile(r"\bstep (\d+)/\d+ \|")
@@ -33,14 +35,21 @@ TIMEOUT_SECS = 240
 
 class _Run:
   """One training command, its output read line by line as it comes (the clock the kills go
-  by) and copied to a log; a watchdog kills it if it outlives TIMEOUT_SECS."""
+  by) and copied to a log; a watchdog kills it if it outlives TIMEOUT_SECS. held: a
+  tests/warm.py process, given its command by release() once the run before it is over."""
 
-  def __init__(self, command, log_path):
+  def __init__(self, command, log_path, held=False):
     self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
-    self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, cwd=ROOT, start_new_session=True)
+    assert command[0] == PY
+    self.command = command
+    output = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    self.proc = (warm.start(**output) if held else
+                 subprocess.Popen(command, text=True, cwd=ROOT, **output))
     self.watchdog = threading.Timer(TIMEOUT_SECS, self.kill)
     self.watchdog.start()
+
+  def release(self):
+    warm.give(self.proc, self.command[1:])
 
   def lines(self):
     for line in self.proc.stdout:
@@ -107,10 +116,12 @@ def test_single_killed_five_times_ends_with_the_weights_of_an_unbroken_run(tmp_p
     reference = subprocess.Popen([*TRAIN, f"--workdir={unbroken}"], stdout=log,
                                  stderr=subprocess.STDOUT, cwd=ROOT)
   log_path = str(tmp_path / "killed.log")
-  resumed_at, run = [], None
+  resumed_at, run, held = [], None, None
   try:
+    run = _Run([*TRAIN, f"--workdir={killed}"], log_path)
     for pattern, at in KILLS:
-      run = _Run([*TRAIN, f"--workdir={killed}"], log_path)
+      # The next process starts up while this one trains; it is released once this one is dead.
+      held = _Run([*TRAIN, f"--workdir={killed}"], log_path, held=True)
       for line in run.lines():
         if m := RESUMED.search(line):
           resumed_at.append(int(m.group(1)))
@@ -118,13 +129,16 @@ def test_single_killed_five_times_ends_with_the_weights_of_an_unbroken_run(tmp_p
           run.kill()
           break
       assert run.finish() == -signal.SIGKILL, _tail(log_path)
-    run = _Run([*TRAIN, f"--workdir={killed}"], log_path)
+      held.release()
+      run, held = held, None
     resumed_at += [int(m.group(1)) for line in run.lines() if (m := RESUMED.search(line))]
     assert run.finish() == 0, _tail(log_path)
     assert reference.wait(timeout=TIMEOUT_SECS) == 0, _tail(tmp_path / "unbroken.log")
   finally:   # nothing left running if an assertion failed half-way
-    if run is not None:
-      run.kill()
+    for r in (run, held):
+      if r is not None:
+        r.kill()
+        r.watchdog.cancel()
     reference.kill()
     reference.wait()
   # Five resumes, each from a later checkpoint than the one before, all before the end.

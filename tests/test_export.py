@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -84,6 +85,13 @@ def _run(cmd, cwd=ROOT, **kw):
   return proc.stdout
 
 
+def _side_by_side(*calls):
+  """Runs independent calls (functions of no argument; none writes what another reads) at the
+  same time: each process's start-up is mostly one core's work. Their results, in order."""
+  with ThreadPoolExecutor(len(calls)) as pool:
+    return [f.result() for f in [pool.submit(call) for call in calls]]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   """A :smoke model trained for 10 steps and exported (twice, by the test of versions).
@@ -107,7 +115,19 @@ def test_every_signature_from_a_tensorflow_only_process(exported, tmp_path):
   model_dir = str(tmp_path / "1")
   shutil.copytree(os.path.join(export_dir, "1"), model_dir)
   env = dict(os.environ, PYTHONPATH="")
-  out = _run([PY, "-c", ONLY_TF, model_dir, json.dumps(SENTENCES)], cwd=str(tmp_path), env=env)
+  # Every process below only reads the workdir or the copy: all five run side by side.
+  text = tmp_path / "text.txt"
+  text.write_text("\n".join(s for s in SENTENCES if s.split()) + "\n", encoding="utf-8")
+  sample = lambda *src: (lambda: _run([PY, "scripts/sample.py", *src, "--prompt=the company",
+                                       "--num_words=6", "--seed=3"]).strip())
+  out, from_ckpt, from_saved, sample_ckpt, sample_saved = _side_by_side(
+      lambda: _run([PY, "-c", ONLY_TF, model_dir, json.dumps(SENTENCES)], cwd=str(tmp_path),
+                   env=env),
+      lambda: _run([PY, "scripts/evaluate.py", f"--workdir={workdir}", f"--text_file={text}",
+                    "--per_sentence"]),
+      lambda: _run([PY, "scripts/evaluate.py", f"--saved_model={model_dir}",
+                    f"--text_file={text}"]),
+      sample(f"--workdir={workdir}"), sample(f"--saved_model={model_dir}"))
   got = json.loads(out.split("RESULT", 1)[1])
   assert got["signatures"] == ["embed", "generate", "serving_default", "step"]
   score = got["score"]
@@ -143,29 +163,23 @@ def test_every_signature_from_a_tensorflow_only_process(exported, tmp_path):
   assert got["embed"][0] == 4 and got["embed_finite"]
 
   # The same scores and text in process, from the checkpoint (the scripts' own paths).
-  text = tmp_path / "text.txt"
-  text.write_text("\n".join(s for s in SENTENCES if s.split()) + "\n", encoding="utf-8")
-  from_ckpt = _run([PY, "scripts/evaluate.py", f"--workdir={workdir}", f"--text_file={text}",
-                    "--per_sentence"])
-  from_saved = _run([PY, "scripts/evaluate.py", f"--saved_model={model_dir}",
-                     f"--text_file={text}"])
   ppl = lambda out: float(out.split("perplexity ")[1].split()[0])
   assert ppl(from_ckpt) == pytest.approx(ppl(from_saved), rel=1e-4)
   expected = sum(score["log_prob"][k] for k in (0, 2, 3)) / sum(score["num_tokens"][k] for k in (0, 2, 3))
   assert ppl(from_saved) == pytest.approx(float(np.exp(-expected)), rel=1e-3)
-  sample = lambda *src: _run([PY, "scripts/sample.py", *src, "--prompt=the company",
-                              "--num_words=6", "--seed=3"]).strip()
-  assert sample(f"--workdir={workdir}") == sample(f"--saved_model={model_dir}") == got["generate"][0]
+  assert sample_ckpt == sample_saved == got["generate"][0]
 
 
 def test_saved_model_cli_show_and_run(exported):
   _, export_dir = exported
   model_dir = os.path.join(export_dir, "1")
-  shown = _run([CLI, "show", "--dir", model_dir, "--all"])
+  shown, ran = _side_by_side(
+      lambda: _run([CLI, "show", "--dir", model_dir, "--all"]),
+      lambda: _run([CLI, "run", "--dir", model_dir, "--tag_set", "serve", "--signature_def",
+                    "serving_default", "--input_exprs",
+                    "sentences=['the company said', 'a b c']"]))
   for name in ("serving_default", "generate", "step", "embed", "sentences", "log_prob"):
     assert name in shown
-  ran = _run([CLI, "run", "--dir", model_dir, "--tag_set", "serve", "--signature_def",
-              "serving_default", "--input_exprs", "sentences=['the company said', 'a b c']"])
   assert "log_prob" in ran and "perplexity" in ran
 
 
@@ -180,15 +194,19 @@ def test_a_second_export_is_a_new_version(exported):
 
 
 def test_export_and_saved_model_errors(tmp_path):
-  proc = subprocess.run([PY, "scripts/export.py", f"--workdir={tmp_path}/none",
-                         f"--export_dir={tmp_path}/e"], capture_output=True, text=True, cwd=ROOT)
+  run = lambda *args: (lambda: subprocess.run([PY, *args], capture_output=True, text=True,
+                                              cwd=ROOT))
+  # Three failing commands, side by side (nothing is written: each only fails).
+  no_config, no_model, bad_rows = _side_by_side(
+      run("scripts/export.py", f"--workdir={tmp_path}/none", f"--export_dir={tmp_path}/e"),
+      run("scripts/sample.py", f"--saved_model={tmp_path}"),
+      run("scripts/export.py", f"--workdir={tmp_path}/none", f"--export_dir={tmp_path}/e",
+          "--score_rows=0"))
+  proc = no_config
   assert proc.returncode != 0 and "config.json not found" in proc.stderr and "Traceback" not in proc.stderr
-  proc = subprocess.run([PY, "scripts/sample.py", f"--saved_model={tmp_path}"],
-                        capture_output=True, text=True, cwd=ROOT)
+  proc = no_model
   assert proc.returncode != 0 and "no SavedModel in" in proc.stderr
-  proc = subprocess.run([PY, "scripts/export.py", f"--workdir={tmp_path}/none",
-                         f"--export_dir={tmp_path}/e", "--score_rows=0"],
-                        capture_output=True, text=True, cwd=ROOT)
+  proc = bad_rows
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == \
       "error: --score_rows must be a positive number of sentences, got 0"

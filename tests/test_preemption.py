@@ -10,6 +10,7 @@ import time
 
 import tensorflow as tf
 
+from tests import warm
 from tfsys.errors import EXIT_PREEMPTED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,17 +47,17 @@ def _preempted_step(text):
 
 def test_single(tmp_path):
   workdir = str(tmp_path / "run")
-  args = [sys.executable, *TRAIN, f"--workdir={workdir}", "--config.train.log_every=1"]
-  proc = subprocess.Popen(args + ["--config.train.num_steps=100000"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-  _wait_for_line(proc, "step 5/")
-  proc.send_signal(signal.SIGTERM)
-  out = proc.stdout.read()
-  assert proc.wait(timeout=60) == EXIT_PREEMPTED, out[-3000:]
-  step = _preempted_step(out)
-  assert step >= 5 and _latest_step(workdir) == step
-  resumed = subprocess.run(args + [f"--config.train.num_steps={step + 2}"], capture_output=True,
-                           text=True, cwd=ROOT, timeout=180)
+  args = [*TRAIN, f"--workdir={workdir}", "--config.train.log_every=1"]
+  with warm.started() as second:   # (the resumed run's start-up overlaps the first run)
+    proc = subprocess.Popen([sys.executable, *args, "--config.train.num_steps=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    _wait_for_line(proc, "step 5/")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) == EXIT_PREEMPTED, out[-3000:]
+    step = _preempted_step(out)
+    assert step >= 5 and _latest_step(workdir) == step
+    resumed = warm.run(second, args + [f"--config.train.num_steps={step + 2}"], timeout=180)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming at step {step} from" in resumed.stderr
 
@@ -65,14 +66,16 @@ def test_multi_worker_one_worker_preempted(tmp_path):
   """SIGTERM to worker1 alone: both workers save the same step together and exit 75; the
   supervised launcher relaunches the cluster, which resumes at exactly that step."""
   workdir = str(tmp_path / "run")
+  # Steps of ~50 ms: 95 after the 5th leave seconds for the SIGTERM to arrive before the end.
+  num_steps = 100
   launcher = subprocess.Popen(
       LAUNCH + ["--num_workers=2", "--restarts=1", "--", *TRAIN, f"--workdir={workdir}",
                 "--config.distribute.backend=multi_worker", "--config.train.log_every=1",
-                "--config.train.num_steps=200"],
+                f"--config.train.num_steps={num_steps}"],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
   try:
     seen = _wait_for_line(launcher, "[worker0] ", 60)
-    seen += _wait_for_line(launcher, "step 5/200")
+    seen += _wait_for_line(launcher, f"step 5/{num_steps}")
     with open(os.path.join(workdir, "logs", "launcher.jsonl"), encoding="utf-8") as f:
       pid = [e["pid"] for e in map(json.loads, f) if e["task"] == "worker1"][-1]
     os.kill(pid, signal.SIGTERM)
@@ -86,7 +89,7 @@ def test_multi_worker_one_worker_preempted(tmp_path):
   assert steps["worker0"] == steps["worker1"], steps      # one step, saved together
   assert "exited with status 75; restarting the whole cluster" in out   # either worker first
   assert f"resuming at step {steps['worker0']} from" in logs["worker0"]
-  assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 200
+  assert json.load(open(os.path.join(workdir, "results.json")))["step"] == num_steps
 
 
 def _preempt_ps_cluster(tmp_path, backend, sigterm_every_task):

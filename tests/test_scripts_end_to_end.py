@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
@@ -53,15 +54,22 @@ def test_train_kill_resume_evaluate_sample(tmp_path):
   assert "test perplexity" in out and "tensorboard --logdir" in out
   assert "step 60/60" in out and f"step {saved[-1] + 10}/60" in out
 
-  code, out = _script("evaluate.py", f"--workdir={workdir}", "--split=valid")
-  assert code == 0 and "ckpt-60: valid split: perplexity" in out, out
   text = tmp_path / "mine.txt"
   text.write_text("the company said it would sell shares\nprices rose sharply\n")
-  code, out = _script("evaluate.py", f"--workdir={workdir}", f"--text_file={text}")
-  assert code == 0 and "(11 tokens" in out, out   # 10 words + 2 sentence ends, minus the first
-
-  runs = [_script("sample.py", f"--workdir={workdir}", "--prompt=the company", "--num_words=8",
-                  "--seed=7", stdout_only=True)[1].strip() for _ in range(2)]
+  # The scripts only read the workdir: they run side by side (their start-ups are mostly one
+  # core's work each).
+  sample = lambda: _script("sample.py", f"--workdir={workdir}", "--prompt=the company",
+                           "--num_words=8", "--seed=7", stdout_only=True)[1].strip()
+  with ThreadPoolExecutor(4) as pool:
+    # (PTB's valid split in 74 batches of 100 rows, not 738 of the config's 10)
+    valid = pool.submit(_script, "evaluate.py", f"--workdir={workdir}", "--split=valid",
+                        "--batch_size=100")
+    mine = pool.submit(_script, "evaluate.py", f"--workdir={workdir}", f"--text_file={text}")
+    runs = [pool.submit(sample) for _ in range(2)]
+    (code, out), (text_code, text_out) = valid.result(), mine.result()
+    runs = [r.result() for r in runs]
+  assert code == 0 and "ckpt-60: valid split: perplexity" in out, out
+  assert text_code == 0 and "(11 tokens" in text_out, text_out   # 10 words + 2 sentence ends, minus the first
   assert runs[0] == runs[1] and runs[0].startswith("the company")
 
   # TensorBoard: the event files hold the promised tags in runs train and eval.
@@ -80,7 +88,7 @@ def test_train_kill_resume_evaluate_sample(tmp_path):
   assert {"eval/perplexity", "eval/samples", "eval/test_perplexity"} <= eval_tags, eval_tags
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_INPUTS = [
     ([f"--config={CONFIG}:smoke", "--workdir=W", "--config.model.lstm_unit=3"],
      'unknown config key in an override: lstm_unit. Did you mean "lstm_units"'),
     ([f"--config={CONFIG}:smok", "--workdir=W"], "unknown config variant 'smok'"),
@@ -88,9 +96,24 @@ def test_train_kill_resume_evaluate_sample(tmp_path):
     ([f"--config={CONFIG}:smoke", "--workdir=/proc/no/such"], "is not writable"),
     ([f"--config={CONFIG}:smoke", "--workdir=W", "--config.data.corpus=text",
       "--config.data.train_path=/no/such.txt"], "train text not found: /no/such.txt"),
-])
-def test_bad_input_is_one_clear_line(args, message, tmp_path):
-  args = [a.replace("=W", f"={tmp_path}/w") for a in args]
-  code, out = _script("train.py", *args)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+  """train.py on each of BAD_INPUTS (each its own workdir W), all at once: each is a start-up
+  (mostly one core's work) and an error. (status, output) by index."""
+  tmp = tmp_path_factory.mktemp("bad_input")
+  with ThreadPoolExecutor(len(BAD_INPUTS)) as pool:
+    return list(pool.map(lambda k: _script("train.py", *(a.replace("=W", f"={tmp}/w{k}")
+                                                         for a in BAD_INPUTS[k][0])),
+                         range(len(BAD_INPUTS))))
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUTS)),
+                         ids=[message for _, message in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(case, bad_input_runs):
+  message = BAD_INPUTS[case][1]
+  code, out = bad_input_runs[case]
   assert code == 2, out
   assert "Traceback" not in out and message in out, out

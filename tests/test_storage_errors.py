@@ -11,6 +11,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from tests import warm
 from tfsys.errors import StorageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,14 +35,21 @@ def _tmpfs(path, options):
     subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _train(workdir, *extra):
-  return subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={CONFIG}:smoke",
+def _run(script_and_args, proc=None):
+  """subprocess.run of `python SCRIPT ARGS` (in proc, a warm.started() process, if given)."""
+  if proc is None:
+    return subprocess.run([sys.executable, *script_and_args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+  return warm.run(proc, script_and_args, timeout=300)
+
+
+def _train(workdir, *extra, proc=None):
+  return _run(
+      [os.path.join(ROOT, "scripts", "train.py"), f"--config={CONFIG}:smoke",
        f"--workdir={workdir}", "--config.train.num_steps=400", "--config.train.checkpoint_every=10",
        "--config.train.keep_checkpoints=100", "--config.eval.every_steps=1000",
        # Few summaries: the disk fills while a checkpoint is written (0.5 MB each), not an event.
-       "--config.train.log_every=1000", "--config.train.histogram_every=100000", *extra],
-      capture_output=True, text=True, cwd=ROOT, timeout=300)
+       "--config.train.log_every=1000", "--config.train.histogram_every=100000", *extra], proc)
 
 
 def _one_error_line(proc):
@@ -51,7 +59,7 @@ def _one_error_line(proc):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
-  with _tmpfs(tmp_path / "small", "size=3m") as disk:
+  with _tmpfs(tmp_path / "small", "size=3m") as disk, warm.started() as second:
     workdir = disk / "run"
     proc = _train(workdir)
     assert proc.returncode == StorageError.exit_status, proc.stderr[-3000:]
@@ -68,7 +76,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     assert not glob.glob(str(workdir / "checkpoints" / "*_temp"))
     json.loads((workdir / "config.json").read_text())
 
-    again = _train(workdir)                      # still full: the same kind of line, at once
+    again = _train(workdir, proc=second)         # still full: the same kind of line, at once
     assert again.returncode == StorageError.exit_status, again.stderr[-3000:]
     assert "the disk is full" in _one_error_line(again)
     assert not glob.glob(str(workdir / "*.tmp")) and not glob.glob(str(workdir / "checkpoints" / "*_temp"))
@@ -77,12 +85,12 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_export_into_a_read_only_directory_is_one_line(tmp_path):
   workdir = tmp_path / "run"
-  trained = _train(workdir, "--config.train.num_steps=2")
-  assert trained.returncode == 0, trained.stderr[-3000:]
-  with _tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export.py"),
-                           f"--workdir={workdir}", f"--export_dir={read_only}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == StorageError.exit_status, proc.stderr[-3000:]
-    line = _one_error_line(proc)
-    assert str(read_only) in line and "read-only" in line, line
+  with warm.started() as export:   # (its start-up overlaps the training)
+    trained = _train(workdir, "--config.train.num_steps=2")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
+      proc = _run([os.path.join(ROOT, "scripts", "export.py"), f"--workdir={workdir}",
+                   f"--export_dir={read_only}"], export)
+      assert proc.returncode == StorageError.exit_status, proc.stderr[-3000:]
+      line = _one_error_line(proc)
+      assert str(read_only) in line and "read-only" in line, line

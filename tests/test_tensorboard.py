@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import ptb_vae, ptb_word_lstm
+from tests.conftest import SENTENCES
 from tests.tb_http import TensorBoard, check_profile, check_workdir
 from tfsys.errors import UserError
 from tfsys.monitor.profile import StepProfiler, parse_profile_steps
@@ -75,15 +76,23 @@ def runs(tmp_path_factory):
   """A word-LSTM run that profiles steps 3-5, a sentence-VAE run and a sync_backup cluster's
   run, side by side under one log directory (runs lm/, vae/ and sync/ train and eval) served
   by one TensorBoard. The cluster's five processes start first and run alongside the two
-  in-process runs: its start-up and its chief's waits for gradients overlap their training."""
+  in-process runs: its start-up and its chief's waits for gradients overlap their training.
+  The VAE reads the small text corpus of conftest.py: it evaluates on every sentence of its
+  test split (PTB's would take seconds, and what is served does not depend on the corpus)."""
   root = tmp_path_factory.mktemp("tb")
   console_path = tmp_path_factory.mktemp("sync_console") / "launcher.log"   # outside the logdir
+  corpus = tmp_path_factory.mktemp("corpus")                                 # outside the logdir
+  for split, lines in (("train", SENTENCES), ("valid", SENTENCES[:10]), ("test", SENTENCES[5:15])):
+    (corpus / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
   with open(console_path, "w", encoding="utf-8") as console:
     cluster = _start_sync_cluster(str(root / "sync"), console)
     try:
       lm = ptb_word_lstm.get_config("smoke")
       lm.monitor.profile_steps = "%d,%d" % PROFILE
       vae = ptb_vae.get_config("smoke")
+      vae.data.corpus = "text"
+      for split in ("train", "valid", "test"):
+        vae.data[f"{split}_path"] = str(corpus / f"{split}.txt")
       logs = {"lm": _train(lm, str(root / "lm")), "vae": _train(vae, str(root / "vae"))}
       # Generous: alone it takes about a minute, but other test runs may share the 2 cores.
       code = cluster.wait(timeout=600)

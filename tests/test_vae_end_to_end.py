@@ -1,10 +1,12 @@
 """The sentence VAE through the real scripts: train :smoke, sample, reconstruct, interpolate,
 impute, evaluate, export, and every signature called from a process that imports only
 TensorFlow, bad inputs included. Also: it trains under a data-parallel backend."""
+import functools
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -73,6 +75,15 @@ def trained(tmp_path_factory):
   return tmp, workdir
 
 
+@pytest.fixture(scope="module")
+def ckpt_sample(trained):
+  """sample.py's three sentences from the checkpoint (seed 4, temperature 1): a function that
+  runs it on its first call (in whichever test comes first) and gives the same output after."""
+  _, workdir = trained
+  return functools.cache(lambda: _run([PY, "scripts/sample.py", f"--workdir={workdir}",
+                                       "--num_sentences=3", "--seed=4", "--temperature=1"])[0])
+
+
 def test_train_writes_the_vae_metrics_and_results(trained):
   _, workdir = trained
   with open(os.path.join(workdir, "results.json")) as f:
@@ -96,40 +107,56 @@ def test_train_writes_the_vae_metrics_and_results(trained):
     assert tag in tags, tag
 
 
-def test_tools_sample_reconstruct_homotopy_impute_evaluate(trained):
+def test_tools_sample_reconstruct_homotopy_impute_evaluate(trained, ckpt_sample):
   _, workdir = trained
-  out, _ = _run([PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3",
-                 "--seed=4", "--temperature=1"])
-  assert len(out.strip().splitlines()) == 3
-  again, _ = _run([PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3",
-                   "--seed=4", "--temperature=1"])
-  assert again == out
-  out, _ = _run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=homotopy",
-                 "--sentence=the company said", "--sentence2=stocks fell sharply", "--steps=4"])
-  assert [line.split(":")[0] for line in out.strip().splitlines()] == ["0", "1", "2", "3"]
-  out, _ = _run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=impute",
-                 "--sentence=the company said it will buy the unit", "--num_missing=2"])
-  assert out.startswith("the company said it will buy")
   long = " ".join(["the"] * 45)      # :smoke's max_length is 30
-  out, err = _run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=reconstruct",
-                   f"--sentence={long}", "--sentence=zzyzx unknownword"])
-  assert "cut to their first 30 words" in err and out.count("=>") == 2
-  out, _ = _run([PY, "scripts/evaluate.py", f"--workdir={workdir}", "--split=valid"])
-  assert "NLL" in out and "KL" in out and "active units" in out
-  proc = subprocess.run([PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=homotopy",
-                         "--sentence=a", "--sentence2=b", "--steps=1"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  sample = [PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3", "--seed=4",
+            "--temperature=1"]
+  # Every tool only reads the workdir: they run side by side.
+  with ThreadPoolExecutor(3) as pool:
+    first = pool.submit(ckpt_sample)
+    bad = pool.submit(subprocess.run, [PY, "scripts/vae.py", f"--workdir={workdir}",
+                                       "--mode=homotopy", "--sentence=a", "--sentence2=b",
+                                       "--steps=1"],
+                      capture_output=True, text=True, cwd=ROOT, timeout=120)
+    runs = list(pool.map(_run, [
+        sample,
+        [PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=homotopy",
+         "--sentence=the company said", "--sentence2=stocks fell sharply", "--steps=4"],
+        [PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=impute",
+         "--sentence=the company said it will buy the unit", "--num_missing=2"],
+        [PY, "scripts/vae.py", f"--workdir={workdir}", "--mode=reconstruct",
+         f"--sentence={long}", "--sentence=zzyzx unknownword"],
+        [PY, "scripts/evaluate.py", f"--workdir={workdir}", "--split=valid"]]))
+    proc, out = bad.result(), first.result()
+  (again, _), (homotopy, _), (impute, _), (reconstruct, err), (evaluate, _) = runs
+  assert len(out.strip().splitlines()) == 3
+  assert again == out
+  assert [line.split(":")[0] for line in homotopy.strip().splitlines()] == ["0", "1", "2", "3"]
+  assert impute.startswith("the company said it will buy")
+  assert "cut to their first 30 words" in err and reconstruct.count("=>") == 2
+  assert "NLL" in evaluate and "KL" in evaluate and "active units" in evaluate
   assert proc.returncode != 0 and "at least 2 steps" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.kernels
-def test_export_and_every_signature_from_a_tensorflow_only_process(trained):
+def test_export_and_every_signature_from_a_tensorflow_only_process(trained, ckpt_sample):
   tmp, workdir = trained
   export_dir = str(tmp / "export")
-  _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}"])
   version = os.path.join(export_dir, "1")
-  out, _ = _run([PY, "-c", ONLY_TF, version], env={**os.environ, "PYTHONPATH": ""})
+  # The checkpoint's sampler (read-only on the workdir; run already if the tools' test came
+  # first) alongside the export; then the TensorFlow-only process alongside the SavedModel's
+  # sampler.
+  with ThreadPoolExecutor(1) as pool:
+    ckpt = pool.submit(ckpt_sample)
+    _run([PY, "scripts/export.py", f"--workdir={workdir}", f"--export_dir={export_dir}"])
+    ckpt = ckpt.result()
+  with ThreadPoolExecutor(1) as pool:
+    from_saved = pool.submit(_run, [PY, "scripts/sample.py", "--num_sentences=3", "--seed=4",
+                                    "--temperature=1", f"--saved_model={version}"])
+    out, _ = _run([PY, "-c", ONLY_TF, version], env={**os.environ, "PYTHONPATH": ""})
+    saved, _ = from_saved.result()
   r = json.loads(out.split("RESULT", 1)[1])
   assert r["signatures"] == ["decode", "encode", "interpolate", "sample", "score",
                              "serving_default"]
@@ -151,21 +178,21 @@ def test_export_and_every_signature_from_a_tensorflow_only_process(trained):
   assert r["empty_sample"] == {"text": [0], "z": [0, 8]}
   assert r["interpolate_0"] and "steps" in r["interpolate_0"]
   # The checkpoint's sampler gives the SavedModel's sentences for the same seed.
-  out, _ = _run([PY, "scripts/sample.py", f"--saved_model={version}", "--num_sentences=3",
-                 "--seed=4", "--temperature=1"])
-  ckpt, _ = _run([PY, "scripts/sample.py", f"--workdir={workdir}", "--num_sentences=3",
-                  "--seed=4", "--temperature=1"])
-  assert out == ckpt
+  assert saved == ckpt
 
 
 @pytest.mark.parametrize("backend", ["mirrored", "sync_backup", "async_ps"])
-def test_vae_trains_under_the_distributed_backends(backend, tmp_path):
+def test_vae_trains_under_the_distributed_backends(backend, text_corpus_dir):
   """The same loop under data parallelism (2 logical CPUs) and backup workers (1 ps, N=1 of 2
   workers) and asynchronous SGD (2 workers): whole-sentence batches split by rows, the KL weight
-  from the step the gradient is computed for."""
-  workdir = str(tmp_path / "run")
+  from the step the gradient is computed for. On the small text corpus of conftest.py: every
+  task would spend seconds reading PTB, and the chief evaluating on all of its test set."""
+  workdir = str(text_corpus_dir / "run")
   train = ["scripts/train.py", "--config=configs/ptb_vae.py:smoke", f"--workdir={workdir}",
-           "--config.train.num_steps=6", f"--config.distribute.backend={backend}"]
+           "--config.train.num_steps=6", f"--config.distribute.backend={backend}",
+           "--config.data.corpus=text",
+           *(f"--config.data.{split}_path={text_corpus_dir / split}.txt"
+             for split in ("train", "valid", "test"))]
   if backend == "mirrored":
     cmd = [PY, *train, "--config.distribute.num_logical_cpus=2"]
   elif backend == "sync_backup":

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -51,12 +52,17 @@ def single_losses(tmp_path_factory):
 
 
 @pytest.mark.kernels
-def test_mirrored_matches_single(single_losses, tmp_path):
+def test_mirrored_matches_single(request, tmp_path):
   workdir = str(tmp_path)
-  # Four steps per call: a progress line (the mean loss of its four steps) every call.
-  _run([sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}",
-        "--config.distribute.backend=mirrored", "--config.distribute.num_logical_cpus=2",
-        "--config.train.steps_per_loop=4", "--config.train.log_every=4"])
+  # Four steps per call: a progress line (the mean loss of its four steps) every call. The run
+  # goes alongside the single run of `single_losses` (when this test is the first to need it).
+  with ThreadPoolExecutor(1) as pool:
+    mirrored = pool.submit(_run, [sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}",
+                                  "--config.distribute.backend=mirrored",
+                                  "--config.distribute.num_logical_cpus=2",
+                                  "--config.train.steps_per_loop=4", "--config.train.log_every=4"])
+    single_losses = request.getfixturevalue("single_losses")
+    mirrored.result()
   np.testing.assert_allclose(_scalars(workdir, "train/loss"),
                              single_losses.reshape(3, 4).mean(axis=1), rtol=2e-4)
   noise = _scalars(workdir, "noise/b_simple")      # every 10 steps with 2 replicas

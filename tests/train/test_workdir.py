@@ -6,6 +6,7 @@ import os
 import pytest
 
 from configs import ptb_char_cnn_lstm
+from tests import warm
 from tfsys.errors import UserError
 from tfsys.train import workdir
 
@@ -104,8 +105,10 @@ def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
 
 def test_a_second_trainer_is_refused_and_a_killed_holder_does_not_lock_forever(tmp_path):
   """Real processes: a holder (the lock alone, as a trainer takes it), a trainer refused with
-  one line naming it, then kill -9 of the holder and a trainer that takes over and finishes."""
+  one line naming it, then kill -9 of the holder and a trainer that takes over and finishes.
+  (Each trainer's start-up overlaps what comes before it: tests/warm.py.)"""
   run = tmp_path / "run"
+  trainers = [warm.start(stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys; from tfsys.train import workdir; "
        f"workdir.hold({str(run)!r}); print('held', flush=True); sys.stdin.read()"],
@@ -114,19 +117,23 @@ def test_a_second_trainer_is_refused_and_a_killed_holder_does_not_lock_forever(t
     assert holder.stdout.readline().strip() == "held"
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "ckpt-7_temp").mkdir()    # as a save killed midway leaves it
-    args = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+    args = [os.path.join(ROOT, "scripts", "train.py"),
             f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke", f"--workdir={run}",
             "--config.train.num_steps=4", "--config.eval.every_steps=4"]
-    refused = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    refused = warm.run(trainers[0], args, timeout=120)
     assert refused.returncode == WorkdirBusyError.exit_status, refused.stderr[-2000:]
     line = [l for l in refused.stderr.splitlines() if l.startswith("error:")]
     assert len(line) == 1 and f"pid {holder.pid} on " in line[0] and "workdir.hold" in line[0]
     assert "Traceback" not in refused.stderr
     assert (run / "checkpoints" / "ckpt-7_temp").is_dir()   # the holder's: left alone
+  except BaseException:
+    for trainer in trainers:
+      warm.stop(trainer)
+    raise
   finally:
     holder.kill()
     holder.wait()
-  took_over = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+  took_over = warm.run(trainers[1], args, timeout=120)
   assert took_over.returncode == 0, took_over.stderr[-3000:]
   assert "from a trainer that died (its process is gone)" in took_over.stderr
   assert not (run / "checkpoints" / "ckpt-7_temp").exists()
