@@ -15,11 +15,15 @@ placed by models/variables.py's DevicePlacement) timed under:
 
 a..d run in one process with 2 logical CPU devices and one intra-op thread each (issue 16: on
 a 2-core machine that is where splitting can pipeline); a0 in a process of its own (TensorFlow
-fixes a process's devices and threads when it starts). Next to every plan: the cost model's
-predicted step time (measured devices, tfsys/placement/measure.py); for a0, the one-device plan
-on a device measured with all the threads. `placer_secs` is the auto placer's wall time with its
-measurement. Each plan is timed over --steps steps after 3 of warm-up (median). The last line
-is one JSON object.
+fixes a process's devices and threads when it starts). d runs once more as users run it: 2
+logical CPU devices sharing TensorFlow's own intra-op threads (`--config.placement.mode=auto`
+and nothing else), in a process of its own, next to the one-device plan there; that is the
+`auto_step_ms` held against doing nothing (a0), and the one-thread auto against b and c. Next
+to every plan: the cost model's predicted step time (measured devices,
+tfsys/placement/measure.py); for a0, the one-device plan on a device measured with all the
+threads. `placer_secs` is the auto placer's wall time with its measurement (the slower of its
+two runs). Each plan is timed over --steps steps after 3 of warm-up (median). The last line is
+one JSON object.
 """
 import json
 import os
@@ -35,7 +39,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 12, "timed steps per plan")
-_WORKER = flags.DEFINE_enum("worker", "", ["", "default", "split"],
+_WORKER = flags.DEFINE_enum("worker", "", ["", "default", "split", "shared"],
                             "internal: measure one process's plans and print their JSON line")
 _MODEL = flags.DEFINE_enum("model", "char", ["char", "word"], "internal: which config")
 
@@ -128,10 +132,12 @@ def worker_default(model: str, steps: int) -> dict:
                       "gflops": devices[0].gflops}}
 
 
-def worker_split(model: str, steps: int) -> dict:
+def worker_split(model: str, steps: int, manual: bool = True) -> dict:
+  """The plans on 2 logical CPUs (one intra-op thread each, or with manual=False sharing
+  TensorFlow's own threads: then only the one-device and the auto plan)."""
   import tensorflow as tf
   from models.lstm_lm import parts as model_parts
-  from tfsys.placement import auto, graph, measure
+  from tfsys.placement import measure, placer
   cpus = tf.config.list_physical_devices("CPU")
   tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
   words = [f"w{i}" for i in range(VOCAB)]
@@ -142,17 +148,14 @@ def worker_split(model: str, steps: int) -> dict:
   t0 = time.perf_counter()
   devices, links = measure.measure_devices(["CPU:0", "CPU:1"], seconds=2.0)
   devices = measure.calibrate(c, VOCAB, devices, seconds=2.0)
-  best = None
-  for chunks in CHUNKS:
-    plan = auto.place(graph.config_graph(c, VOCAB, chunks=chunks), devices, links)
-    if best is None or plan.step_secs < best[0].step_secs * (1 - auto.MIN_GAIN):
-      best = (plan, chunks)
-  placer_secs = time.perf_counter() - t0
-  plan, chunks = best
-  plans = {"one device": ({p: ("CPU:0",) for p in parts}, 1),
-           "round-robin": ({p: (f"CPU:{k % 2}",) for k, p in enumerate(parts)}, 1),
-           **{f"manual: {k}": v for k, v in manual_plans(parts).items()},
-           "auto": (plan.device_tuples(), chunks)}
+  # (what training runs: placer.auto_plan, here given the figures measured as it measures them)
+  plan = placer.auto_plan(c, VOCAB, ["CPU:0", "CPU:1"], devices=devices, links=links)
+  placer_secs, chunks = time.perf_counter() - t0, plan.chunks
+  plans = {"one device": ({p: ("CPU:0",) for p in parts}, 1)}
+  if manual:
+    plans.update({"round-robin": ({p: (f"CPU:{k % 2}",) for k, p in enumerate(parts)}, 1),
+                  **{f"manual: {k}": v for k, v in manual_plans(parts).items()}})
+  plans["auto"] = (plan.device_tuples(), chunks)
   for label, (assignment, k) in plans.items():
     out[label] = {"measured_ms": 1e3 * time_plan(model, words, assignment, k, steps),
                   "predicted_ms": 1e3 * predicted(c, assignment, k, devices, links),
@@ -186,37 +189,47 @@ def main(argv):
     import tensorflow as tf
     if _INTRA.value:
       tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
-    fn = worker_default if _WORKER.value == "default" else worker_split
-    print(json.dumps(fn(_MODEL.value, _STEPS.value)))
+    if _WORKER.value == "default":
+      out = worker_default(_MODEL.value, _STEPS.value)
+    else:
+      out = worker_split(_MODEL.value, _STEPS.value, manual=_WORKER.value == "split")
+    print(json.dumps(out))
     return
   from bench.common import background_busy
   print(f"machine busy with other work: {100 * background_busy():.0f}%")
   results = {}
   for model in ("char", "word"):
     r = {**child("default", model, _STEPS.value), **child("split", model, _STEPS.value)}
+    shared = child("shared", model, _STEPS.value)
+    r["auto, 1 thread each"] = r.pop("auto")
+    r["shared threads: one device"], r["auto"] = shared["one device"], shared["auto"]
+    r["shared devices"] = shared["devices"]
     results[model] = r
     print(f"\n{CONFIGS[model]} (batch 20 x 35, vocabulary {VOCAB:,}); devices: "
           + ", ".join(f"{d['name']} {d['gflops']} GFLOP/s (pool {d['pool_gflops']})"
                       for d in r["devices"]))
     print(f"  {'plan':<34} {'measured ms':>11} {'predicted ms':>12} {'error':>7}")
     for label, v in r.items():
-      if label == "devices":
+      if label.endswith("devices"):
         continue
       err = v["predicted_ms"] / v["measured_ms"] - 1
       print(f"  {label:<34} {v['measured_ms']:>11.1f} {v['predicted_ms']:>12.1f} {err:>+7.0%}"
-            + (f"  {v['plan']} x{v['chunks']}" if label == "auto" else ""))
-    print(f"  auto placer: {r['auto']['placer_secs']:.2f} s ({r['auto']['chosen']})")
+            + (f"  {v['plan']} x{v['chunks']}" if label.startswith("auto") else ""))
+    for label in ("auto, 1 thread each", "auto"):
+      print(f"  {label} placer: {r[label]['placer_secs']:.2f} s ({r[label]['chosen']})")
 
   def summary(r):
     manual = min((v["measured_ms"], k) for k, v in r.items() if k.startswith("manual"))
-    plans = [k for k in r if k != "devices"]
+    plans = [k for k in r if not k.endswith("devices")]
     return {"default_step_ms": round(r["default"]["measured_ms"], 1),
             "one_device_step_ms": round(r["one device"]["measured_ms"], 1),
             "round_robin_step_ms": round(r["round-robin"]["measured_ms"], 1),
             "best_manual_step_ms": round(manual[0], 1), "best_manual_plan": manual[1],
             "auto_step_ms": round(r["auto"]["measured_ms"], 1),
             "auto_predicted_step_ms": round(r["auto"]["predicted_ms"], 1),
-            "placer_secs": round(r["auto"]["placer_secs"], 2),
+            "auto_1thread_step_ms": round(r["auto, 1 thread each"]["measured_ms"], 1),
+            "auto_1thread_predicted_step_ms": round(r["auto, 1 thread each"]["predicted_ms"], 1),
+            "placer_secs": round(max(r[k]["placer_secs"] for k in ("auto", "auto, 1 thread each")), 2),
             "max_prediction_error": round(max(abs(r[k]["predicted_ms"] / r[k]["measured_ms"] - 1)
                                               for k in plans), 3)}
   out = summary(results["char"])

@@ -98,8 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.placement.rules = ""        # "pattern=DEV[+DEV], ...", first match wins, e.g.
                                      # "lstm0=CPU:1, lstm1=CPU:2, softmax=CPU:0+CPU:3" (+: rows split)
   config.placement.default = "CPU:0"  # the device of parts no rule matches
-  config.placement.chunks = 1        # cut the unroll into this many chunks, so that layers on
-                                     # different devices pipeline them (whitepaper Fig. 8)
+  config.placement.chunks = 0        # cut the unroll into this many chunks, so that layers on
+                                     # different devices pipeline them (whitepaper Fig. 8);
+                                     # 0: the auto placer picks (rules: 1)
 
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)

@@ -67,7 +67,7 @@ def main(argv):
     plan = placer.auto_plan(config, size, names, _REPLICAS.value, devices, links)
   else:
     assignment = placer.assignment(config, parts, names)
-    step = graph.config_graph(config, size, chunks=config.placement.chunks,
+    step = graph.config_graph(config, size, chunks=placer.chunks(config),
                               replicas=_REPLICAS.value)
     plan = auto.predict(step, assignment, devices, links)
   print(f"{config.model.name}: vocabulary {size:,}, {mode} placement on "

@@ -260,3 +260,28 @@ def test_measure_devices_gives_positive_figures():
   (cpu,), links = measure_devices(["/device:CPU:0"], seconds=0.3)
   assert cpu.name == "CPU:0" and cpu.gflops > 0 and cpu.memory_bytes > 0
   assert cpu.launch_secs > 0 and isinstance(links, Links)
+
+
+def test_the_auto_placer_picks_the_chunks_of_the_unroll():
+  from tfsys.placement import placer
+  config = configs.ptb_word_lstm.get_config()                 # unroll 35
+  assert config.placement.chunks == 0
+  assert placer.chunk_choices(config) == [1, 5, 7]
+  assert placer.chunks(config) == 1                           # rules: the unroll whole
+  config.train.unroll = 11                                    # a prime: no divisor up to 8
+  assert placer.chunk_choices(config) == [1, 2, 4]
+  config.placement.chunks = 3
+  assert placer.chunk_choices(config) == [3] and placer.chunks(config) == 3
+  config.placement.chunks = -1
+  with pytest.raises(UserError, match="placement.chunks must be >= 1"):
+    placer.chunk_choices(config)
+  config = configs.ptb_word_lstm.get_config()
+  # One device: a chunk only adds ops, so the whole unroll. Two layers' worth of equal fast
+  # devices with cheap links: pipelining the layers over chunks pays.
+  one = placer.auto_plan(config, 10_000, ["CPU:0"], devices=parse_devices("CPU:0=8GiB@100"))
+  assert one.chunks == 1 and one.to_json()["chunks"] == 1 and "the unroll in 1 chunk " in one.table()
+  two = placer.auto_plan(config, 10_000, ["GPU:0", "GPU:1"],
+                         devices=parse_devices("GPU:0=8GiB@100,GPU:1=8GiB@100"),
+                         links=Links(Link(1e11, 1e-6)))
+  assert two.chunks in (5, 7) and len({d for p in two.device_tuples().values() for d in p}) == 2
+  assert two.step_secs < one.step_secs

@@ -183,6 +183,10 @@ def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
   plan = json.load(open(os.path.join(workdir, "placement.json")))
   assert plan["mode"] == "auto" and plan["devices"] == ["CPU:0", "CPU:1"]
   assert plan["predicted_step_secs"] > 0
+  # the chunks of the unroll: the placer's choice among chunk_choices, recorded with the plan
+  from configs import ptb_word_lstm
+  assert plan["chunks"] == plan["plan"]["chunks"]
+  assert plan["chunks"] in placer.chunk_choices(ptb_word_lstm.get_config("smoke"))
   assert set(plan["parts"]) == {"embedding", "lstm0", "lstm1", "softmax"}
   assert all(set(p["devices"]) <= {"CPU:0", "CPU:1"} for p in plan["parts"].values())
 

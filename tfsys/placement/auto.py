@@ -47,6 +47,7 @@ class Plan:
   placer_secs: float = 0.0
   chosen: str = "given"   # which candidate won (auto), or "given" (predict)
   candidates: dict = dataclasses.field(default_factory=dict)   # candidate -> step secs
+  chunks: int = 1         # the unroll cut into this many chunks (graph.lm_graph)
 
   @property
   def step_secs(self) -> float:
@@ -71,13 +72,15 @@ class Plan:
     for d in self.devices:
       rows.append(f"{d.name:<12} {1e3 * self.prediction.busy_secs[d.name]:>10.1f}   "
                   f"{gib(self.prediction.memory_bytes[d.name])} / {gib(d.memory_bytes)}")
-    rows.append(f"predicted step {1e3 * self.step_secs:.1f} ms ({self.chosen}; placer "
+    rows.append(f"predicted step {1e3 * self.step_secs:.1f} ms, the unroll in {self.chunks} "
+                f"chunk{'s' if self.chunks > 1 else ''} ({self.chosen}; placer "
                 f"{self.placer_secs:.2f} s)")
     return "\n".join(rows)
 
   def to_json(self) -> dict:
     return {
         "step_secs": self.step_secs, "placer_secs": self.placer_secs, "chosen": self.chosen,
+        "chunks": self.chunks,
         "candidates": dict(self.candidates),
         "parts": [{"part": n, "devices": list(self.devices_of(n)), "parameters": p.parameters,
                    "param_bytes": p.param_bytes, "slot_bytes": p.slot_bytes,

@@ -40,17 +40,46 @@ def assignment(config, parts: list, available: list) -> dict:
   return out
 
 
+def chunks(config) -> int:
+  """placement.chunks of a rules-placed run: as given, 1 for 0 (the auto placer's choice)."""
+  given = config.placement.get("chunks", 0)
+  if given < 0:
+    raise UserError(f"--config.placement.chunks must be >= 1 (or 0: the auto placer picks), "
+                    f"got {given}")
+  return max(given, 1)
+
+
+def chunk_choices(config) -> list:
+  """The chunk counts the auto placer tries: placement.chunks if given; for 0, 1 and the
+  divisors of the unroll from 2 to 8 (35: 1, 5, 7), or 1, 2, 4 where it has none."""
+  if config.placement.get("chunks", 0):
+    return [chunks(config)]
+  unroll = config.train.unroll
+  divisors = [d for d in range(2, 9) if d <= unroll and unroll % d == 0]
+  return [1] + (divisors or [d for d in (2, 4) if d <= unroll])
+
+
 def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devices=None,
               links=None):
   """The auto placer's plan (auto.py) for one replica of config on `available` devices: the
-  cost model's figures measured on them (measure.py, ~2 s) unless `devices` describes them."""
+  cost model's figures measured on them (measure.py, ~2 s + a calibration run of the real step)
+  unless `devices` describes them; the best over chunk_choices (a plan with more chunks must be
+  predicted auto.MIN_GAIN faster: each chunk adds ops the model does not see whole)."""
+  import time
   from tfsys.placement import auto, graph, measure
-  step = graph.config_graph(config, vocab_size, chunks=config.placement.get("chunks", 1),
-                            replicas=replicas)
+  t0 = time.perf_counter()
   if devices is None:
     devices, links = measure.measure_devices(available, seconds=2.0)
     devices = measure.calibrate(config, vocab_size, devices, replicas, seconds=2.0)
-  return auto.place(step, devices, links)
+  best = None
+  for k in chunk_choices(config):
+    plan = auto.place(graph.config_graph(config, vocab_size, chunks=k, replicas=replicas),
+                      devices, links)
+    plan.chunks = k
+    if best is None or plan.step_secs < best.step_secs * (1 - auto.MIN_GAIN):
+      best = plan
+  best.placer_secs = time.perf_counter() - t0
+  return best
 
 
 def check_memory(config, vocab_size: int, assignment: dict, available: list,
@@ -58,8 +87,7 @@ def check_memory(config, vocab_size: int, assignment: dict, available: list,
   """A PlacementError naming the device and the shortfall if `assignment` puts more parameters,
   optimizer slots and activations on a device than it holds (auto.py's check, from shapes)."""
   from tfsys.placement import auto, graph, measure
-  step = graph.config_graph(config, vocab_size, chunks=config.placement.get("chunks", 1),
-                            replicas=replicas)
+  step = graph.config_graph(config, vocab_size, chunks=chunks(config), replicas=replicas)
   auto.predict(step, assignment, measure.memory_limits(available))
 
 
@@ -102,7 +130,8 @@ def record(config, assignment: dict, available: list, specs, plan=None) -> dict:
     parts[spec.part]["parameters"] += n
     parts[spec.part]["bytes"] += n * spec.dtype.size
   out = {"mode": mode(config), "rules": config.placement.rules,
-         "default": config.placement.default, "chunks": config.placement.get("chunks", 1),
+         "default": config.placement.default,
+         "chunks": plan.chunks if plan is not None else chunks(config),
          "devices": list(available), "parts": parts}
   if plan is not None:
     out.update(predicted_step_secs=plan.step_secs, plan=plan.to_json())

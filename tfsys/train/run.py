@@ -165,9 +165,7 @@ class Run:
                            models.variable_specs(config.model, len(self.vocab)), plan)
     logging.info("[%s] placement: %s", backend.task_name,
                  ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
-    chunks = config.placement.get("chunks", 1)
-    if chunks < 1:
-      raise UserError(f"--config.placement.chunks must be >= 1, got {chunks}")
+    chunks = plan.chunks if plan is not None else placer.chunks(config)
     if backend.ps is None:
       return DevicePlacement(assignment, host, chunks), record
     split = [p for p, d in assignment.items() if len(d) > 1]
