@@ -42,3 +42,42 @@ def ps_cluster_command(workdir: str, backend: str, workers: int, backups: int, s
           f"--config.distribute.straggler.compute_ms={compute_ms}",
           f"--config.distribute.straggler.scale_ms={scale_ms}",
           f"--config.distribute.straggler.shape={shape}", *straggler]
+
+
+def model_step_ms(config, dtype_name: str = "float32", jit_compile: bool = False,
+                  steps: int = 20, vocab: int = 10_000) -> float:
+  """Median ms of one training step of config's model on a synthetic batch of its shape, as
+  the training loop computes it (tfsys/train/step.py's gradient, then an SGD update), with
+  train.precision = dtype_name and train.jit_compile as given."""
+  import numpy as np
+  import tensorflow as tf
+  import models
+  from tfsys.train.precision import PRECISIONS
+  from tfsys.train.step import gradient_step
+  model = models.build(config.model, [f"w{i}" for i in range(vocab)], seed=0)
+  model.compute_dtype = PRECISIONS[dtype_name]
+  variables = model.trainable_variables
+  rows, unroll = config.train.batch_size, config.train.unroll
+  ids = np.random.default_rng(0).integers(0, vocab, size=(rows, unroll + 1))
+  batch = {"inputs": tf.constant(ids[:, :-1], tf.int32),
+           "targets": tf.constant(ids[:, 1:], tf.int32), "weights": tf.ones([rows, unroll]),
+           "reset": tf.zeros([rows, 1], tf.bool)}
+  gradient = gradient_step(model, variables, 1.0, jit_compile)
+
+  @tf.function
+  def step():
+    loss, grads, _, _ = gradient(batch, model.initial_state(rows), tf.constant(3, tf.int64))
+    for v, g in zip(variables, grads):
+      if isinstance(g, tf.IndexedSlices):
+        v.scatter_sub(tf.IndexedSlices(1e-3 * g.values, g.indices, g.dense_shape))
+      else:
+        v.assign_sub(1e-3 * g)
+    return loss
+  for _ in range(3):
+    step().numpy()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step().numpy()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)) * 1e3

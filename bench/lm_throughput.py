@@ -10,8 +10,11 @@ LSTMs, which do slightly less work) fed the way a Keras user feeds it: numpy arr
 `batch_size=20, shuffle=False`. The machine's matmul peak is measured in the same run, and the
 model-FLOPs utilisation (MFU) is our matmul FLOPs per second (forward + backward = 3x forward)
 over that peak. Each contender runs in a fresh child process (`--contender=ours` or `keras`
-measures one and prints its JSON line). Ours runs twice: with train.steps_per_loop = K (the
-config's default unless --steps_per_loop says otherwise) and with 1 step per call.
+measures one and prints its JSON line). Ours runs three times: with train.steps_per_loop = K
+(the config's default unless --steps_per_loop says otherwise), with 1 step per call, and with
+K and train.precision=bfloat16 (mixed precision); the bf16 MFU is against the bf16 matmul peak
+measured in the same run. `ours_words_per_sec` and `ratio` are the README's recommendation for
+the CPU at hand: bf16 where it multiplies bf16 natively (AVX512-BF16, AMX), else float32.
 
 Both contenders' words/s count their training steps only (ours: from its first progress line
 on; Keras: from the first on_train_batch_begin to on_train_end), and the bench times every step.
@@ -42,7 +45,7 @@ from bench.common import background_busy  # noqa: E402
 from bench.keras_lm import StepClock, keras_model  # noqa: E402
 from configs import ptb_word_lstm  # noqa: E402
 from tfsys.data import ArrayStream, PennTreebank, load_vocabulary  # noqa: E402
-from tfsys.train import controller, train_and_evaluate  # noqa: E402
+from tfsys.train import controller, precision, train_and_evaluate  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 200, "timed training steps per contender")
 _KERAS_FEED = flags.DEFINE_enum(
@@ -52,6 +55,9 @@ _KERAS_FEED = flags.DEFINE_enum(
 _STEPS_PER_LOOP = flags.DEFINE_integer(
     "steps_per_loop", None, "our train.steps_per_loop (default: the config's); ours also runs "
     "with 1 for comparison")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", ["float32", "bfloat16"], "ours: train.precision (internal: the "
+    "comparison runs ours in both)")
 _CONTENDER = flags.DEFINE_enum(
     "contender", "both", ["both", "ours", "keras"],
     "both: each of the two in a fresh child process, then the comparison; ours, keras: measure "
@@ -100,14 +106,14 @@ class OthersLoad:
     return t.user + t.system
 
 
-def matmul_peak_flops(n=2048, repeats=8) -> float:
-  """Best fp32 FLOP/s of n x n matmuls in a tf.function (DESIGN.md §8 measured ~400 GFLOP/s)."""
-  a = tf.random.normal([n, n])
-  b = tf.random.normal([n, n])
+def matmul_peak_flops(n=2048, repeats=8, dtype=tf.float32) -> float:
+  """Best FLOP/s of n x n matmuls in a tf.function (DESIGN.md §8 measured ~400 GFLOP/s fp32)."""
+  a = tf.cast(tf.random.normal([n, n]), dtype)
+  b = tf.cast(tf.random.normal([n, n]), dtype)
 
   @tf.function
   def f():
-    acc = tf.zeros([n, n])
+    acc = tf.zeros([n, n], dtype)
     for i in range(repeats):
       acc += tf.matmul(a + float(i), b)
     return acc
@@ -155,6 +161,7 @@ def ours(config, steps: int, steps_per_loop: int | None) -> tuple[float, list, f
   seconds train_and_evaluate took to return after Controller.finish (its iterator's deletion)."""
   if steps_per_loop:
     config.train.steps_per_loop = steps_per_loop
+  config.train.precision = _PRECISION.value
   config.train.num_steps = steps + WARMUP_STEPS
   config.train.log_every = WARMUP_STEPS  # words/s counts from the first progress line on
   config.train.checkpoint_every = 10 ** 9
@@ -245,11 +252,13 @@ def measure(name: str, steps: int, feed: str, steps_per_loop: int | None = None)
           "steps": step_stats(step_secs, late), "others_cpu_share": round(load.share, 3)}
 
 
-def in_fresh_process(name: str, steps_per_loop: int | None = None) -> dict:
+def in_fresh_process(name: str, steps_per_loop: int | None = None,
+                     precision: str = "float32") -> dict:
   """measure() in a child process, so that neither contender runs on the other's leftovers
   (threads, allocator, compiled functions) and the order of the two does not matter."""
   cmd = [sys.executable, os.path.abspath(__file__), f"--contender={name}",
-         f"--steps={_STEPS.value}", f"--keras_feed={_KERAS_FEED.value}"]
+         f"--steps={_STEPS.value}", f"--keras_feed={_KERAS_FEED.value}",
+         f"--precision={precision}"]
   if steps_per_loop:
     cmd.append(f"--steps_per_loop={steps_per_loop}")
   proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -269,7 +278,10 @@ def main(argv):
   print(f"background CPU load before measuring: {busy:.0%}"
         + ("  (not quiet: figures will be low)" if busy > 0.15 else ""))
   peak = matmul_peak_flops()
-  print(f"matmul peak (fp32, 2048^2): {peak / 1e9:.0f} GFLOP/s")
+  peak16 = matmul_peak_flops(dtype=tf.bfloat16)
+  native = precision.cpu_has_bf16()
+  print(f"matmul peak (2048^2): fp32 {peak / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s "
+        f"({'native' if native else 'no native'} bf16 on this CPU)")
   k = _STEPS_PER_LOOP.value or ptb_word_lstm.get_config().train.steps_per_loop
   ours_r = in_fresh_process("ours", k)
   print(f"ours (tfsys.train loop, {k} steps per call): {ours_r['words_per_sec']:.0f} words/s; "
@@ -279,18 +291,34 @@ def main(argv):
   print(f"ours (1 step per call): {ours_1['words_per_sec']:.0f} words/s; other processes' "
         f"CPU while it ran: {ours_1['others_cpu_share']:.0%}")
   report("ours, 1 step per call", ours_1["steps"])
+  ours_16 = in_fresh_process("ours", k, "bfloat16")
+  print(f"ours, train.precision=bfloat16 ({k} steps per call): {ours_16['words_per_sec']:.0f} "
+        f"words/s; other processes' CPU while it ran: {ours_16['others_cpu_share']:.0%}")
+  report("ours, bfloat16", ours_16["steps"])
   keras_r = in_fresh_process("keras")
   print(f"keras 3 model.fit ({_KERAS_FEED.value}): {keras_r['words_per_sec']:.0f} words/s "
         f"({keras_r['fit_call_words_per_sec']:.0f} over the whole fit() call); other processes' "
         f"CPU while it ran: {keras_r['others_cpu_share']:.0%}")
   report("keras", keras_r["steps"])
   flops = model_flops_per_word(ptb_word_lstm.get_config().model, 10_000)
-  ratio = ours_r["words_per_sec"] / keras_r["words_per_sec"]
-  mfu = ours_r["words_per_sec"] * flops / peak
-  print(f"ratio ours / keras: {ratio:.2f}; MFU {mfu:.1%} "
+  mfu32 = ours_r["words_per_sec"] * flops / peak
+  mfu16 = ours_16["words_per_sec"] * flops / peak16
+  # The README's recommendation for this CPU: bf16 where it multiplies bf16 natively.
+  best, mfu = (ours_16, mfu16) if native else (ours_r, mfu32)
+  ratio = best["words_per_sec"] / keras_r["words_per_sec"]
+  print(f"fp32: ratio ours / keras {ours_r['words_per_sec'] / keras_r['words_per_sec']:.2f}, "
+        f"MFU {mfu32:.1%} of the fp32 peak; bf16: ratio "
+        f"{ours_16['words_per_sec'] / keras_r['words_per_sec']:.2f}, MFU {mfu16:.1%} of the bf16 "
+        f"peak; bf16 / fp32 {ours_16['words_per_sec'] / ours_r['words_per_sec']:.2f} "
         f"({flops / 1e6:.1f} MFLOP per word, fwd+bwd)")
-  contenders = {"ours": ours_r, "keras": keras_r}
-  print(json.dumps({"ours_words_per_sec": ours_r["words_per_sec"], "steps_per_loop": k,
+  contenders = {"ours": ours_r, "ours_bf16": ours_16, "keras": keras_r}
+  print(json.dumps({"ours_words_per_sec": best["words_per_sec"],
+                    "recommended": "bfloat16" if native else "float32",
+                    "fp32_words_per_sec": ours_r["words_per_sec"],
+                    "bf16_words_per_sec": ours_16["words_per_sec"],
+                    "fp32_ratio": round(ours_r["words_per_sec"] / keras_r["words_per_sec"], 3),
+                    "fp32_mfu": round(mfu32, 4), "bf16_mfu": round(mfu16, 4),
+                    "bf16_peak_gflops": round(peak16 / 1e9, 1), "steps_per_loop": k,
                     "ours_steps_per_loop_1_words_per_sec": ours_1["words_per_sec"],
                     "keras_fit_words_per_sec": keras_r["words_per_sec"],
                     "keras_fit_call_words_per_sec": keras_r["fit_call_words_per_sec"],

@@ -56,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
   # call (a checkpoint, evaluation or progress line still lands on its exact step). 4: 2-7%
   # more words/s than 1 on the PTB word LSTM on a 2-core CPU, 16 no better (README).
   config.train.steps_per_loop = 4
+  # float32 | bfloat16: mixed precision, the matmuls in bf16, variables, state and loss in
+  # float32 (tfsys/train/precision.py; faster only where the CPU or GPU has native bf16)
+  config.train.precision = "float32"
+  # XLA on the forward and backward (tfsys/train/step.py): off, measured slower on the char
+  # model and in bf16 on this project's CPUs, faster only for the word LM in float32 (README)
+  config.train.jit_compile = False
   # Stop (keeping the last good checkpoint) once the training or validation loss per token is
   # above this many times ln V, the loss of a uniform guess, after optim.warmup_steps: at 2 the
   # model's perplexity is V², far past anything a learning run passes through (0 = off).

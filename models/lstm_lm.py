@@ -119,6 +119,9 @@ class LanguageModel(tf.Module):
     self.state_dim = config.projection or config.lstm_units
     # Where each part's variables live and its computation runs (models/variables.py).
     self.placement = placement or WholeVariables()
+    # Training steps' matmuls in this dtype (tf.bfloat16: train.precision; the variables, the
+    # gates, the state and the loss stay float32). Evaluation and exports compute in float32.
+    self.compute_dtype = tf.float32
     self.params = create_all(variable_specs(config, self.vocab_size, seed), self.placement)
     if config.input == "char_cnn":
       # The vocabulary's words as bytes: a constant table, not a trainable parameter; kept as a
@@ -180,6 +183,7 @@ class LanguageModel(tf.Module):
     if training and seed is None:
       seed = stateless.step_seed(self.seed, 0)
     rate = c.dropout if training else 0.0
+    dtype = self.compute_dtype if training else tf.float32
     # Workdirs written before these keys existed trained with their defaults.
     forget_bias = c.get("forget_bias", FORGET_BIAS)
     chunks = self.placement.chunks
@@ -212,11 +216,11 @@ class LanguageModel(tf.Module):
         def run_layer(x, s, layer=layer, layer_rate=layer_rate, params=params, top=top,
                       mask_in=masks_in[j], mask_out=masks_out[j]):
           if layer_rate:
-            x = (x * mask_in if mask_in is not None
+            x = (x * tf.cast(mask_in, x.dtype) if mask_in is not None
                  else stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer)))
-          x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias)
+          x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias, dtype)
           if top and rate:   # the dropout before the softmax
-            x = (x * mask_out if mask_out is not None
+            x = (x * tf.cast(mask_out, x.dtype) if mask_out is not None
                  else stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers)))
           return x, s
         pieces[j], state[layer] = self.placement.run(f"lstm{layer}", run_layer, pieces[j],
@@ -277,6 +281,7 @@ class LanguageModel(tf.Module):
 
     def softmax_loss(flat_h, targets):
       if training and 0 < n < self.vocab_size:
+        flat_h = tf.cast(flat_h, tf.float32)   # (the sampled softmax computes in float32)
         labels = tf.cast(targets[:, None], tf.int64)
         # A list of shards is gathered from shard by shard ("div" partitioning).
         return tf.nn.sampled_softmax_loss(
@@ -285,7 +290,7 @@ class LanguageModel(tf.Module):
             sampled_values=stateless.log_uniform_candidates(
                 labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)),
             remove_accidental_hits=True)
-      logits = sharded.logits(flat_h, w, b)
+      logits = sharded.logits(flat_h, w, b)   # float32 whatever flat_h's dtype
       return tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
     return self.placement.run("softmax", softmax_loss, flat_h, targets)
 

@@ -114,19 +114,27 @@ def gather(table, ids):
 
 
 def logits(h, weights, biases=None):
-  """h [N, P] @ weights[V, P]ᵀ + biases [V] -> [N, V]; a sharded table's columns are computed
-  on each shard's device (forward and backward) and concatenated."""
+  """h [N, P] @ weights[V, P]ᵀ + biases [V] -> [N, V] in the weights' dtype (h may be bf16:
+  mixed precision); a sharded table's columns are computed on each shard's device (forward and
+  backward) and concatenated."""
   if not isinstance(weights, ShardedTable):
-    out = tf.matmul(h, weights, transpose_b=True)
+    out = _product(h, weights)
     return out if biases is None else out + biases
   bias_shards = shards(biases) if biases is not None else [None] * len(weights.shards)
   columns = []
   for w, b in zip(weights.shards, bias_shards):
     def piece(h, w=w, b=b):
-      out = tf.matmul(h, w, transpose_b=True)
+      out = _product(h, w)
       return out if b is None else out + b
     columns.append(on_device(w.device, piece, h, name=weights.name + "_columns"))
   return tf.concat(columns, axis=-1)
+
+
+def _product(h, w):
+  """h @ wᵀ in h's dtype (bf16 under mixed precision: w cast to it), returned in w's."""
+  if h.dtype == w.dtype:
+    return tf.matmul(h, w, transpose_b=True)
+  return tf.cast(tf.matmul(h, tf.cast(w, h.dtype), transpose_b=True), w.dtype)
 
 
 def on_device(device: str, fn, *args, name: str = "placed"):

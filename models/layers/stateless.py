@@ -59,8 +59,11 @@ def site_seed(seed: tf.Tensor, site: int) -> tf.Tensor:
 
 def dropout(x, rate: float, seed: tf.Tensor):
   """tf.nn.dropout's law (keep with probability 1 - rate, scale by 1 / (1 - rate)), with the
-  mask a function of seed."""
-  return tf.nn.experimental.stateless_dropout(x, rate, seed=seed)
+  mask a function of seed alone: a bf16 x (mixed precision) gets float32's mask."""
+  if x.dtype == tf.float32:
+    return tf.nn.experimental.stateless_dropout(x, rate, seed=seed)
+  mask = tf.nn.experimental.stateless_dropout(tf.ones(tf.shape(x)), rate, seed=seed)
+  return x * tf.cast(mask, x.dtype)
 
 
 def log_uniform_candidates(true_classes, num_sampled: int, range_max: int, seed: tf.Tensor):

@@ -121,3 +121,20 @@ def test_next_ids_is_greedy_at_temperature_0_and_a_seeded_draw_above():
   many = tf.tile(logits[:1], [2000, 1])   # at T = 1 the draws follow softmax(logits)
   counts = np.bincount(next_ids(many, tf.constant(1.0), seed).numpy(), minlength=4) / 2000
   np.testing.assert_allclose(counts, tf.nn.softmax(logits[0]).numpy(), atol=0.04)
+
+
+def test_lstmp_in_bfloat16_is_the_reference_to_bf16_rounding():
+  """Mixed precision: bf16 matmul operands, float32 gates and state; outputs in bf16."""
+  rng = np.random.default_rng(1)
+  p = _params(lstmp_shapes(4, 5, 3), rng)
+  x = rng.normal(size=(2, 6, 4)).astype(np.float32)
+  c0, h0 = rng.normal(size=(2, 5)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)
+  got, (c, h) = lstmp_layer(tf.constant(x), (c0, h0), {k: tf.constant(v) for k, v in p.items()},
+                            compute_dtype=tf.bfloat16)
+  assert got.dtype == tf.bfloat16 and c.dtype == tf.float32 and h.dtype == tf.float32
+  want, wc, wh = _reference_lstmp(x, c0, h0, p["w_x"], p["w_h"], p["b"], p["w_p"], 0.0)
+  # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per operand): a few 1e-3 after 6 steps
+  np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want, rtol=0.03, atol=0.03)
+  np.testing.assert_allclose(c.numpy(), wc, rtol=0.03, atol=0.03)
+  np.testing.assert_allclose(h.numpy(), wh, rtol=0.03, atol=0.03)
+  assert np.abs(c.numpy() - wc).max() > 0   # it did compute in bf16

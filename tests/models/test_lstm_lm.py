@@ -123,3 +123,48 @@ def test_config_from_before_forget_bias_and_zero_pad_keeps_their_old_meaning():
   np.testing.assert_allclose(out["old"], out["explicit"], rtol=1e-6)
   # The PTB config differs on both.
   assert np.abs(out["old"] - out["kim"]).max() > 0.01 * np.abs(out["old"]).max()
+
+
+@pytest.mark.parametrize("kind", ["char_cnn", "word"])
+def test_bfloat16_training_loss_and_gradients_are_float32s_to_its_rounding(kind):
+  """train.precision=bfloat16: the same draws (dropout masks from float32's), the loss and every
+  gradient within bf16's rounding of float32's, variables, gradients and state in float32;
+  evaluation computes in float32 whatever the training precision."""
+  m, v = _tiny(kind, vocab=40, dropout=0.3, init_scale=0.5)
+  ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(3, 9)), tf.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8])}
+  results = {}
+  for dtype in (tf.float32, tf.bfloat16):
+    m.compute_dtype = dtype
+    with tf.GradientTape() as tape:
+      loss, _, state = m.loss(batch, m.initial_state(3), training=True, step=5)
+    grads = tape.gradient(loss, m.trainable_variables)
+    results[dtype] = (float(loss), [tf.convert_to_tensor(g) for g in grads], state,
+                      float(m.loss(batch, m.initial_state(3), training=False)[0]))
+  loss32, grads32, _, eval32 = results[tf.float32]
+  loss16, grads16, state16, eval16 = results[tf.bfloat16]
+  assert loss16 == pytest.approx(loss32, rel=0.02) and loss16 != loss32
+  assert eval16 == eval32                                     # evaluation: float32
+  assert all(s.dtype == tf.float32 for s in tf.nest.flatten(state16))
+  for var, g32, g16 in zip(m.trainable_variables, grads32, grads16):
+    assert g16.dtype == tf.float32, var.name
+    assert float(tf.norm(g16 - g32)) <= 0.05 * float(tf.norm(g32)) + 1e-7, var.name
+
+
+def test_bfloat16_training_steps_lower_the_loss():
+  m, v = _tiny("char_cnn", vocab=40, dropout=0.0, init_scale=0.1)
+  m.compute_dtype = tf.bfloat16
+  ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(4, 11)), tf.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([4, 10])}
+  variables = m.trainable_variables
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss, _, _ = m.loss(batch, m.initial_state(4), training=True, step=0)
+    for var, g in zip(variables, tape.gradient(loss, variables)):
+      var.assign_sub(1.0 * tf.convert_to_tensor(g))
+    return loss
+  losses = [float(step()) for _ in range(8)]
+  assert all(np.isfinite(losses)) and all(b < a for a, b in zip(losses, losses[1:])), losses
+  assert losses[-1] < losses[0] - 0.1, losses

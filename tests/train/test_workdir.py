@@ -138,3 +138,32 @@ def test_a_second_trainer_is_refused_and_a_killed_holder_does_not_lock_forever(t
   assert "from a trainer that died (its process is gone)" in took_over.stderr
   assert not (run / "checkpoints" / "ckpt-7_temp").exists()
   assert not (run / workdir.LOCK_FILE).exists()             # released at the end
+
+
+def test_precision_and_xla_are_kept_in_config_json_and_a_resume_may_not_change_them(tmp_path):
+  from tfsys.train import precision
+  cfg = ptb_char_cnn_lstm.get_config("smoke")
+  cfg.train.precision = "bfloat16"
+  workdir.prepare(cfg, str(tmp_path))
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["precision"] == "bfloat16"
+  assert precision.compute_dtype(workdir.load_config(str(tmp_path))).name == "bfloat16"
+  cfg.train.precision = "float32"
+  with pytest.raises(UserError, match=r"train.precision: 'bfloat16' -> 'float32'"):
+    workdir.prepare(cfg, str(tmp_path))
+  # A workdir written before train.precision existed trained in float32: it resumes as that.
+  old = tmp_path / "old"
+  workdir.prepare(ptb_char_cnn_lstm.get_config("smoke"), str(old))
+  saved = json.loads((old / "config.json").read_text())
+  del saved["train"]["precision"], saved["train"]["jit_compile"]
+  (old / "config.json").write_text(json.dumps(saved))
+  assert workdir.prepare(ptb_char_cnn_lstm.get_config("smoke"), str(old))
+  xla = ptb_char_cnn_lstm.get_config("smoke")
+  xla.train.jit_compile = True        # XLA draws other masks: not half-way through a run
+  with pytest.raises(UserError, match=r"train.jit_compile: False -> True"):
+    workdir.prepare(xla, str(old))
+  cfg.train.precision = "float16"
+  with pytest.raises(UserError, match="float16 is not available"):
+    precision.compute_dtype(cfg)
+  cfg.train.precision = "fp8"
+  with pytest.raises(UserError, match="must be one of float32, bfloat16, got 'fp8'"):
+    precision.compute_dtype(cfg)

@@ -33,7 +33,8 @@ class AllReduceExecutor:
     # all-reduced one (McCandlish et al. 2018, App. A.1).
     self.track_noise = config.monitor.noise_scale_every > 0 and replicas > 1
     track_noise = self.track_noise
-    gradient = gradient_step(model, variables, per_token_scale / replicas)
+    gradient = gradient_step(model, variables, per_token_scale / replicas,
+                             config.train.get("jit_compile", False))
 
     def replica_rows(ctx):
       lo = ctx.replica_id_in_sync_group * local_batch

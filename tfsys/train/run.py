@@ -16,7 +16,7 @@ from tfsys import data
 from tfsys.errors import EXIT_DIVERGED, UserError
 from tfsys.monitor import Writers
 from tfsys.placement import placer
-from tfsys.train import tasks
+from tfsys.train import precision, tasks
 from tfsys.train import workdir as workdir_lib
 from tfsys.train.checkpoint import Checkpointer
 from tfsys.train.optim import LearningRate, make_optimizer
@@ -44,6 +44,10 @@ def check(config):
     raise UserError(f"--config.optim.loss_per must be token or sequence, got {config.optim.loss_per!r}")
   if not 0.0 <= config.model.dropout < 1.0:
     raise UserError(f"--config.model.dropout must be in [0, 1), got {config.model.dropout}")
+  precision.compute_dtype(config)   # a bad name is one line now, not after the data loads
+  if t.get("jit_compile", False) and placer.mode(config) != "none":
+    raise UserError("--config.train.jit_compile=True with --config.placement: XLA compiles the "
+                    "step for one device, which a placed replica spans several of; use one")
   factor = t.divergence_factor
   if factor and not factor > 1.0:
     raise UserError(f"--config.train.divergence_factor must be above 1 (or 0 = off), got {factor}")
@@ -104,6 +108,7 @@ class Run:
     with contextlib.nullcontext() if placed else strategy.scope():
       self.model = models.build(config.model, self.vocab.words, seed=config.seed,
                                 placement=self.placement)
+      precision.apply(self.model, config)
       self.parameters = parameters(self.model)
       self.optimizer = make_optimizer(config.optim)
       self.optimizer.build(self.parameters)  # in scope: placed like the variables

@@ -18,7 +18,7 @@ def sq_norm(grads):
   return tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads if g is not None])
 
 
-def gradient_step(model, variables, scale: float):
+def gradient_step(model, variables, scale: float, jit_compile: bool = False):
   """fn(batch, state, step, replica) -> (loss, gradients, metric sums, new state).
 
   The state is reset in the rows where the batch starts a new stream row (batch["reset"]). The
@@ -27,6 +27,12 @@ def gradient_step(model, variables, scale: float):
   makes per_token_scale the unroll length (the objective of Zaremba et al. 2014 and Kim et al.
   2016, which their lr = 1 with clipping at 5 was tuned for). `step` and `replica` seed the
   step's random draws (dropout, sampled negatives): a step recomputed draws the same.
+
+  jit_compile (train.jit_compile): the forward and backward compiled by XLA as one cluster (the
+  update and the all-reduce stay outside it). Measured on this project's CPUs it pays only for
+  the word LM in float32 (README: Speed), so it is off by default. XLA draws its own random
+  numbers: the same (seed, step, replica) gives other dropout masks than without it, still a
+  function of them alone (a workdir keeps its setting: workdir.RESUME_KEYS).
   """
   def fn(batch, state, step, replica=None):
     state = reset_state(state, batch["reset"])
@@ -36,4 +42,6 @@ def gradient_step(model, variables, scale: float):
       loss, metrics, new_state = model.loss(batch, state, training=True, step=step, **where)
       scaled = loss * scale
     return loss, tape.gradient(scaled, variables), metrics, new_state
+  if jit_compile:
+    return tf.function(fn, jit_compile=True, reduce_retracing=True)
   return fn

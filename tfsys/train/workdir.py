@@ -22,7 +22,12 @@ from tfsys.errors import StorageError, UserError, WorkdirBusyError, storage_errn
 CONFIG_FILE = "config.json"
 # What a checkpoint's variables, optimizer slots and data position depend on. Anything else
 # (number of steps, logging, evaluation, learning rate) may change between runs of a workdir.
-RESUME_KEYS = ("seed", "data", "model", "train.batch_size", "train.unroll", "optim.name")
+# train.precision and train.jit_compile too: a run's numerics and random draws (XLA draws its
+# own dropout masks from the same seeds) do not change half-way.
+RESUME_KEYS = ("seed", "data", "model", "train.batch_size", "train.unroll", "optim.name",
+               "train.precision", "train.jit_compile")
+# What configs saved before a resume key existed ran with.
+RESUME_DEFAULTS = {"train.precision": "float32", "train.jit_compile": False}
 
 
 def _flatten(d, prefix=""):
@@ -80,7 +85,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, write: bool = True)
   if resuming:
     with open(path, encoding="utf-8") as f:
       old = json.load(f)
-    before, after = _resume_relevant(_flatten(old)), _resume_relevant(_flatten(new))
+    before = _resume_relevant({**RESUME_DEFAULTS, **_flatten(old)})
+    after = _resume_relevant({**RESUME_DEFAULTS, **_flatten(new)})
     diffs = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}"
              for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if diffs:

@@ -30,7 +30,8 @@ def gradient_function(r, shared, worker: int):
   of its rows' batch. Its
   random draws (dropout) are a function of (seed, step, worker): a recomputed step draws the
   same."""
-  gradient = gradient_step(r.model, r.variables, r.per_token_scale)
+  gradient = gradient_step(r.model, r.variables, r.per_token_scale,
+                           r.config.train.get("jit_compile", False))
 
   @tf.function(reduce_retracing=True)   # sentence batches vary in length
   def compute(batch, state, step):

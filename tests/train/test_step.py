@@ -1,0 +1,63 @@
+"""train.jit_compile: the forward and backward under XLA compute what they compute without it
+(its random draws are XLA's own: the same seed gives other dropout masks than without XLA, so
+the comparison is without dropout, and a workdir keeps its setting); it is refused where a
+replica spans several devices."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+from configs import ptb_char_cnn_lstm, ptb_word_lstm
+from tfsys.errors import UserError
+from tfsys.train import run
+from tfsys.train.step import gradient_step
+
+pytestmark = pytest.mark.kernels   # numerics: .ci/run repeats these with oneDNN on and off
+
+
+@pytest.mark.parametrize("module", [ptb_word_lstm, ptb_char_cnn_lstm])
+def test_xla_gives_the_loss_gradients_and_state_of_the_plain_step(module):
+  c = module.get_config("smoke")
+  c.model.dropout = c.model.embedding_dropout = 0.0
+  words = ["<unk>", "<eos>"] + [f"w{i}" for i in range(38)]
+  model = models.build(c.model, words, seed=2)
+  variables = model.trainable_variables
+  ids = tf.constant(np.random.default_rng(0).integers(0, 40, size=(3, 9)), tf.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8]),
+           "reset": tf.zeros([3, 1], tf.bool)}
+  step = tf.constant(4, tf.int64)
+  plain = tf.function(gradient_step(model, variables, 1.0))(batch, model.initial_state(3), step)
+  xla = gradient_step(model, variables, 1.0, jit_compile=True)(batch, model.initial_state(3), step)
+  (loss, grads, metrics, state), (xloss, xgrads, xmetrics, xstate) = plain, xla
+  np.testing.assert_allclose(float(xloss), float(loss), rtol=1e-5)
+  np.testing.assert_allclose(float(xmetrics["nll_sum"]), float(metrics["nll_sum"]), rtol=1e-5)
+  for var, g, xg in zip(variables, grads, xgrads):
+    np.testing.assert_allclose(tf.convert_to_tensor(xg).numpy(), tf.convert_to_tensor(g).numpy(),
+                               rtol=1e-3, atol=1e-6, err_msg=var.name)
+  for s, xs in zip(tf.nest.flatten(state), tf.nest.flatten(xstate)):
+    np.testing.assert_allclose(xs.numpy(), s.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_xla_draws_are_a_function_of_seed_step_and_replica():
+  c = ptb_word_lstm.get_config("smoke")
+  c.model.dropout = c.model.embedding_dropout = 0.5
+  c.model.init_scale = 0.5            # masks move the loss well above rounding
+  model = models.build(c.model, ["<unk>", "<eos>"] + [f"w{i}" for i in range(38)], seed=2)
+  ids = tf.constant(np.random.default_rng(0).integers(0, 40, size=(3, 9)), tf.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8]),
+           "reset": tf.zeros([3, 1], tf.bool)}
+  xla = gradient_step(model, model.trainable_variables, 1.0, jit_compile=True)
+  loss = lambda step, replica: float(xla(batch, model.initial_state(3), tf.constant(step, tf.int64),
+                                         replica)[0])
+  first = loss(4, 0)
+  assert loss(4, 0) == first and len({first, loss(5, 0), loss(4, 1)}) == 3
+
+
+def test_xla_with_placement_is_one_clear_error():
+  c = ptb_word_lstm.get_config("smoke")
+  c.train.jit_compile = True
+  run.check(c)                               # alone it is fine
+  c.placement.mode = "rules"
+  c.placement.rules = "softmax=CPU:1"
+  with pytest.raises(UserError, match="jit_compile=True with --config.placement"):
+    run.check(c)
