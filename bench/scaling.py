@@ -11,7 +11,8 @@ It also runs two independent single-worker processes at once (no communication a
 summed throughput over 2 x throughput(1) is the ceiling this machine itself puts on weak
 scaling (two processes share its memory bandwidth and caches), so the efficiency can be read
 against it. Run it on a quiet machine: it prints the background CPU load it started with. The
-last line is one JSON object.
+last line is one JSON object. --variants adds 2-worker runs with other all-reduce options
+(distribute.allreduce_dtype, distribute.allreduce_pack_mb), each with its efficiency.
 """
 import json
 import os
@@ -29,6 +30,10 @@ from bench.common import background_busy  # noqa: E402
 _STEPS = flags.DEFINE_integer("steps", 150, "timed steps per run")
 _CONFIG = flags.DEFINE_string("config", "configs/ptb_char_cnn_lstm.py", "experiment")
 _BATCH = flags.DEFINE_integer("batch_per_worker", 20, "rows per worker")
+_VARIANTS = flags.DEFINE_list(
+    "variants", ["distribute.allreduce_dtype=bfloat16"],
+    "more 2-worker runs, each with these overrides (KEY=VALUE[;KEY=VALUE]): the all-reduce's "
+    "options, measured in the same run")
 
 
 def _train_args(workdir, batch, backend):
@@ -66,17 +71,31 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     (one,) = _words_per_sec([single(f"{tmp}/one")], [f"{tmp}/one"])
     print(f"1 worker,  batch {b}:             {one:.0f} words/s")
-    (two,) = _words_per_sec([[sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"),
-                              "--num_workers=2", "--", *_train_args(f"{tmp}/two", 2 * b, "multi_worker")]],
-                            [f"{tmp}/two"])
+    def two_workers(name, overrides=()):
+      workdir = f"{tmp}/{name}"
+      return _words_per_sec([[sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"),
+                              "--num_workers=2", "--", *_train_args(workdir, 2 * b, "multi_worker"),
+                              *(f"--config.{o}" for o in overrides)]], [workdir])[0]
+    two = two_workers("two")
     print(f"2 workers, batch {2 * b} (global):   {two:.0f} words/s")
+    variants = {}
+    for k, v in enumerate(_VARIANTS.value):
+      variants[v] = two_workers(f"variant{k}", v.split(";"))
+      print(f"2 workers, {v}: {variants[v]:.0f} words/s")
     apart = sum(_words_per_sec([single(f"{tmp}/a"), single(f"{tmp}/b")], [f"{tmp}/a", f"{tmp}/b"]))
     print(f"2 independent single workers:   {apart:.0f} words/s in all (no communication)")
   efficiency, ceiling = two / (2 * one), apart / (2 * one)
   print(f"weak-scaling efficiency: {efficiency:.2f} (this machine's ceiling without communication: "
         f"{ceiling:.2f})")
+  for v, words in variants.items():
+    print(f"  with {v}: efficiency {words / (2 * one):.2f}")
   print(json.dumps({"one_worker_words_per_sec": round(one, 1), "two_workers_words_per_sec": round(two, 1),
                     "efficiency": round(efficiency, 3), "machine_ceiling": round(ceiling, 3),
+                    "of_ceiling": round(efficiency / ceiling, 3),
+                    "variants": {v: {"words_per_sec": round(w, 1),
+                                     "efficiency": round(w / (2 * one), 3),
+                                     "of_ceiling": round(w / (2 * one) / ceiling, 3)}
+                                 for v, w in variants.items()},
                     "background_busy": round(busy, 3)}))
 
 

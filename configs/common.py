@@ -127,6 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.distribute.ps_timeout_secs = 30.0  # ps backends: a ps task unreachable this long is lost
   config.distribute.collective_timeout_secs = 60.0  # multi_worker: a collective waiting this long
   #                                                   for a peer ends the run, naming the loss
+  # mirrored, multi_worker: the gradients' all-reduce in this dtype (bfloat16 halves the bytes;
+  # float32 sums) and packed into chunks of this many MB (0: TensorFlow's choice)
+  config.distribute.allreduce_dtype = "float32"
+  config.distribute.allreduce_pack_mb = 0.0
   # Straggler injection (tests, benchmarks): every ps worker's step of compute takes at least
   # compute_ms (simulated compute: it sleeps what its real computation left of it); the chosen
   # workers also sleep, with `probability` per step, scale_ms * (1 + Pareto(shape)) more

@@ -104,6 +104,9 @@ def num_parameters(config, vocab_size: int) -> int:
 class LanguageModel(tf.Module):
   """A stateful LSTM LM over word ids; char-CNN models also embed any word from its bytes."""
 
+  # Training steps' matmuls in this dtype (tf.bfloat16: train.precision; the variables, the
+  # gates, the state and the loss stay float32). Evaluation and exports compute in float32.
+  compute_dtype = tf.float32
   variable_shapes = staticmethod(variable_shapes)   # models/interface.py: from the config alone
   variable_specs = staticmethod(variable_specs)
   parts = staticmethod(parts)
@@ -119,9 +122,6 @@ class LanguageModel(tf.Module):
     self.state_dim = config.projection or config.lstm_units
     # Where each part's variables live and its computation runs (models/variables.py).
     self.placement = placement or WholeVariables()
-    # Training steps' matmuls in this dtype (tf.bfloat16: train.precision; the variables, the
-    # gates, the state and the loss stay float32). Evaluation and exports compute in float32.
-    self.compute_dtype = tf.float32
     self.params = create_all(variable_specs(config, self.vocab_size, seed), self.placement)
     if config.input == "char_cnn":
       # The vocabulary's words as bytes: a constant table, not a trainable parameter; kept as a

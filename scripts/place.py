@@ -70,11 +70,13 @@ def main(argv):
     step = graph.config_graph(config, size, chunks=placer.chunks(config),
                               replicas=_REPLICAS.value)
     plan = auto.predict(step, assignment, devices, links)
+    plan.chunks = placer.chunks(config)
   print(f"{config.model.name}: vocabulary {size:,}, {mode} placement on "
         f"{', '.join(names)}\n")
   print(plan.table())
   given = rules.as_text(plan.device_tuples())
-  print(f"\nas rules: --config.placement.rules=\"{given}\"")
+  print(f"\nas rules: --config.placement.rules=\"{given}\" "
+        f"--config.placement.chunks={plan.chunks}")
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def test_multi_worker_one_worker_preempted(tmp_path):
   """SIGTERM to worker1 alone: both workers save the same step together and exit 75; the
   supervised launcher relaunches the cluster, which resumes at exactly that step."""
   workdir = str(tmp_path / "run")
-  # Steps of ~50 ms: 95 after the 5th leave seconds for the SIGTERM to arrive before the end.
-  num_steps = 100
+  # Steps of ~50 ms here: 195 after the 5th leave seconds for the SIGTERM to arrive before the
+  # end, on faster machines too.
+  num_steps = 200
   launcher = subprocess.Popen(
       LAUNCH + ["--num_workers=2", "--restarts=1", "--", *TRAIN, f"--workdir={workdir}",
                 "--config.distribute.backend=multi_worker", "--config.train.log_every=1",

@@ -13,7 +13,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CODE = ("import json, os, runpy, sys; import tensorflow; "
+# (TF_CPP_MIN_LOG_LEVEL as tfsys/cli.py sets it, which must precede TensorFlow's import)
+CODE = ("import json, os, runpy, sys; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2'); "
+        "import tensorflow; "
         "sys.argv = json.loads(sys.stdin.readline()); "
         "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0])); "
         "runpy.run_path(sys.argv[0], run_name='__main__')")

@@ -202,3 +202,12 @@ def test_rules_that_overfill_a_device_are_refused_naming_it_and_the_shortfall(mo
   with pytest.raises(UserError, match=r"CPU:0 holds embedding, lstm0, lstm1, softmax .* but "
                                       r"has 0\.01 GiB; short by 0\.\d\d GiB"):
     placer.check_memory(config, 10_000, every, ["CPU:0", "CPU:1"])
+
+
+def test_agree_carries_worker_0s_assignment_and_chunks():
+  """multi_worker's agreement, encoded as device bitmasks and the chunk count and all-reduced
+  (here under the default strategy: worker 0 alone)."""
+  import tensorflow as tf
+  plan = {"embedding": ("CPU:0",), "lstm0": ("CPU:1",), "lstm1": ("CPU:0",),
+          "softmax": ("CPU:0", "CPU:1")}
+  assert placer.agree(tf.distribute.get_strategy(), plan, ["CPU:0", "CPU:1"], 5) == (plan, 5)

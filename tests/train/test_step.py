@@ -1,7 +1,8 @@
 """train.jit_compile: the forward and backward under XLA compute what they compute without it
 (its random draws are XLA's own: the same seed gives other dropout masks than without XLA, so
 the comparison is without dropout, and a workdir keeps its setting); it is refused where a
-replica spans several devices."""
+replica spans several devices. distribute.allreduce_dtype=bfloat16: the all-reduce sends
+rounded gradients and gives float32 back, dense and sparse."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,11 +54,44 @@ def test_xla_draws_are_a_function_of_seed_step_and_replica():
   assert loss(4, 0) == first and len({first, loss(5, 0), loss(4, 1)}) == 3
 
 
-def test_xla_with_placement_is_one_clear_error():
+def test_xla_with_placement_or_a_sampled_softmax_is_one_clear_error():
   c = ptb_word_lstm.get_config("smoke")
   c.train.jit_compile = True
   run.check(c)                               # alone it is fine
   c.placement.mode = "rules"
   c.placement.rules = "softmax=CPU:1"
   with pytest.raises(UserError, match="jit_compile=True with --config.placement"):
+    run.check(c)
+  c = ptb_word_lstm.get_config("smoke")
+  c.train.jit_compile, c.model.num_samples = True, 10
+  with pytest.raises(UserError, match="jit_compile=True with a sampled softmax"):
+    run.check(c)
+
+
+def test_bfloat16_for_a_model_without_it_is_refused_before_any_data_is_read():
+  from configs import ptb_vae
+  c = ptb_vae.get_config("smoke")
+  run.check(c)
+  c.train.precision = "bfloat16"
+  with pytest.raises(UserError, match="implemented for the LSTM LMs; the sentence_vae model"):
+    run.check(c)
+
+
+def test_the_all_reduce_in_bfloat16_sends_rounded_gradients_and_returns_float32():
+  from tfsys.train.allreduce import all_reduce_sum
+  from tfsys.train.precision import allreduce_dtype
+  dense = tf.constant([[1.0 + 2 ** -12, 3.0]])               # 1 + 2^-12 is not a bf16
+  sparse = tf.IndexedSlices(tf.constant([[0.1, 0.2]]), tf.constant([3]), tf.constant([5, 2]))
+  ctx = tf.distribute.get_replica_context()                   # the default strategy's: 1 replica
+  same = all_reduce_sum(ctx, [dense, sparse])
+  assert float(same[0][0, 0]) == 1.0 + 2 ** -12
+  rounded = all_reduce_sum(ctx, [dense, sparse], tf.bfloat16)
+  assert rounded[0].dtype == tf.float32 and float(rounded[0][0, 0]) == 1.0
+  assert isinstance(rounded[1], tf.IndexedSlices) and rounded[1].values.dtype == tf.float32
+  np.testing.assert_allclose(rounded[1].values.numpy(), [[0.1, 0.2]], rtol=2 ** -8)
+  assert list(rounded[1].indices.numpy()) == [3]
+  c = ptb_word_lstm.get_config("smoke")
+  assert allreduce_dtype(c) == tf.float32
+  c.distribute.allreduce_dtype = "int8"
+  with pytest.raises(UserError, match="allreduce_dtype must be one of float32, bfloat16"):
     run.check(c)

@@ -172,7 +172,12 @@ def make_backend(distribute_config, placed: bool = False) -> Backend:
                       f"forever), got {timeout}")
     # A collective that waits longer than this for a peer fails (DeadlineExceeded) instead of
     # blocking the survivors forever on a peer that hangs.
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout or None)
+    pack_mb = c.get("allreduce_pack_mb", 0.0)
+    if pack_mb < 0:
+      raise UserError(f"--config.distribute.allreduce_pack_mb must be >= 0 (0 = TensorFlow's "
+                      f"choice), got {pack_mb}")
+    options = tf.distribute.experimental.CommunicationOptions(
+        bytes_per_pack=int(pack_mb * 2**20), timeout_seconds=timeout or None)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     watchdog.disarm()   # (the constructor waits until every task is up)
     return Backend(strategy, cluster, collective_timeout_secs=timeout)

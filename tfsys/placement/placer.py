@@ -91,23 +91,24 @@ def check_memory(config, vocab_size: int, assignment: dict, available: list,
   auto.predict(step, assignment, measure.memory_limits(available))
 
 
-def agree(strategy, assignment: dict, available: list) -> dict:
-  """The first worker's assignment, on every worker of a multi_worker cluster: each measures
-  its own devices, and two plans that split a table differently would make their gradient
-  lists differ, which an all-reduce cannot take. One all-reduce of the plan as a bitmask of
-  devices per part (worker 0's; the others add zeros)."""
+def agree(strategy, assignment: dict, available: list, chunks: int = 1) -> tuple:
+  """The first worker's (assignment, chunks), on every worker of a multi_worker cluster: each
+  measures its own devices, and two plans that split a table differently would make their
+  gradient lists differ, which an all-reduce cannot take (and the workers' steps would be cut
+  differently). One all-reduce of the plan as a bitmask of devices per part and the chunk
+  count (worker 0's; the others add zeros)."""
   import numpy as np
   parts = list(assignment)
-  mine = np.array([sum(1 << available.index(d) for d in assignment[p]) for p in parts],
-                  np.int64)
+  mine = np.array([sum(1 << available.index(d) for d in assignment[p]) for p in parts]
+                  + [chunks], np.int64)
 
   def reduce():
     ctx = tf.distribute.get_replica_context()
     first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.int64)
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(mine) * first)
   masks = strategy.experimental_local_results(strategy.run(tf.function(reduce)))[0].numpy()
-  return {p: tuple(d for k, d in enumerate(available) if int(m) >> k & 1)
-          for p, m in zip(parts, masks)}
+  return ({p: tuple(d for k, d in enumerate(available) if int(m) >> k & 1)
+           for p, m in zip(parts, masks[:-1])}, int(masks[-1]))
 
 
 def parts(kind, model_config) -> list:

@@ -11,7 +11,28 @@ import numpy as np
 import tensorflow as tf
 
 from tfsys.train.executor import Stretch
+from tfsys.train.precision import allreduce_dtype
 from tfsys.train.step import gradient_step, sq_norm
+
+
+def all_reduce_sum(ctx, grads, dtype=tf.float32):
+  """The replicas' gradients summed (a replica context's all-reduce), sent in `dtype`: bf16
+  halves the bytes each gradient puts on the wire and rounds each replica's gradient to 8
+  mantissa bits first (the sum of the rounded parts comes back in float32)."""
+  if dtype == tf.float32:
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+  def down(g):
+    if isinstance(g, tf.IndexedSlices):
+      return tf.IndexedSlices(tf.cast(g.values, dtype), g.indices, g.dense_shape)
+    return tf.cast(g, dtype)
+
+  def up(g, like):
+    if isinstance(g, tf.IndexedSlices):
+      return tf.IndexedSlices(tf.cast(g.values, like.dtype), g.indices, g.dense_shape)
+    return tf.cast(g, like.dtype)
+  summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [down(g) for g in grads])
+  return [up(s, g) for s, g in zip(summed, grads)]
 
 
 class AllReduceExecutor:
@@ -35,6 +56,8 @@ class AllReduceExecutor:
     track_noise = self.track_noise
     gradient = gradient_step(model, variables, per_token_scale / replicas,
                              config.train.get("jit_compile", False))
+    # With one replica the all-reduce is the identity: nothing to round.
+    reduce_dtype = (allreduce_dtype(config) if replicas > 1 or not self.alone else tf.float32)
 
     def replica_rows(ctx):
       lo = ctx.replica_id_in_sync_group * local_batch
@@ -60,7 +83,7 @@ class AllReduceExecutor:
         out["small_sq"] = sq_norm(grads) * (replicas / per_token_scale) ** 2
       # All-reduce here, not in the optimizer, so that clipping sees the global gradient.
       ctx = tf.distribute.get_replica_context()
-      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      grads = all_reduce_sum(ctx, grads, reduce_dtype)
       if track_noise:
         out["big_sq"] = sq_norm(grads) / per_token_scale ** 2   # the "big batch" estimate
       if clip:

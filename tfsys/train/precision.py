@@ -1,8 +1,9 @@
 """train.precision: the dtype a training step's matmuls compute in.
 
 float32 (the default) computes everything in float32. bfloat16 is mixed precision: the
-variables, their optimizer slots, the LSTM gates and state and the loss stay float32, the
-matmuls take bf16 operands (models/layers/lstm.py, models/sharded.py). bf16 has float32's
+variables, their optimizer slots, the LSTM gates and state and the loss stay float32, the LSTMs'
+and the full softmax's matmuls take bf16 operands (models/layers/lstm.py, models/sharded.py;
+the char CNN and the sampled softmax stay float32). bf16 has float32's
 exponent range, so no loss scaling is needed; its 8-bit mantissa costs precision in each
 product, not range. It pays where the hardware multiplies bf16 natively (x86 CPUs with
 AVX512-BF16 or AMX, recent GPUs); elsewhere TensorFlow emulates it, slower than float32.
@@ -25,6 +26,28 @@ def compute_dtype(config) -> tf.DType:
   if name not in PRECISIONS:
     raise UserError(f"--config.train.precision must be one of {', '.join(PRECISIONS)}, "
                     f"got {name!r}")
+  return PRECISIONS[name]
+
+
+def check(config) -> tf.DType:
+  """compute_dtype, and a UserError where the config's model cannot compute in it (before any
+  data is read)."""
+  dtype = compute_dtype(config)
+  if dtype != tf.float32:
+    import models   # pylint: disable=import-outside-toplevel
+    if not hasattr(models.kind(config.model).model_class(), "compute_dtype"):
+      raise UserError(f"--config.train.precision={dtype.name} is implemented for the LSTM LMs; "
+                      f"the {config.model.get('name', 'this')} model trains in float32")
+  return dtype
+
+
+def allreduce_dtype(config) -> tf.DType:
+  """distribute.allreduce_dtype: what the gradients' all-reduce sends (configs saved before it
+  existed: float32)."""
+  name = config.distribute.get("allreduce_dtype", "float32")
+  if name not in PRECISIONS:
+    raise UserError(f"--config.distribute.allreduce_dtype must be one of "
+                    f"{', '.join(PRECISIONS)}, got {name!r}")
   return PRECISIONS[name]
 
 

@@ -44,10 +44,16 @@ def check(config):
     raise UserError(f"--config.optim.loss_per must be token or sequence, got {config.optim.loss_per!r}")
   if not 0.0 <= config.model.dropout < 1.0:
     raise UserError(f"--config.model.dropout must be in [0, 1), got {config.model.dropout}")
-  precision.compute_dtype(config)   # a bad name is one line now, not after the data loads
-  if t.get("jit_compile", False) and placer.mode(config) != "none":
-    raise UserError("--config.train.jit_compile=True with --config.placement: XLA compiles the "
-                    "step for one device, which a placed replica spans several of; use one")
+  precision.check(config)   # a bad choice is one line now, not after the data loads
+  precision.allreduce_dtype(config)
+  if t.get("jit_compile", False):
+    if placer.mode(config) != "none":
+      raise UserError("--config.train.jit_compile=True with --config.placement: XLA compiles "
+                      "the step for one device, which a placed replica spans several of; use one")
+    if config.model.get("num_samples", 0) > 0:
+      raise UserError("--config.train.jit_compile=True with a sampled softmax "
+                      f"(--config.model.num_samples={config.model.num_samples}): XLA has no "
+                      "kernel for its candidate sampling (ComputeAccidentalHits); use one")
   factor = t.divergence_factor
   if factor and not factor > 1.0:
     raise UserError(f"--config.train.divergence_factor must be above 1 (or 0 = off), got {factor}")
@@ -162,7 +168,8 @@ class Run:
       logging.info("[%s] the auto placer's plan:\n%s", backend.task_name, plan.table())
       assignment = plan.device_tuples()
       if cluster is not None:
-        assignment = placer.agree(backend.strategy, assignment, available)
+        assignment, plan.chunks = placer.agree(backend.strategy, assignment, available,
+                                               plan.chunks)
     else:
       assignment = placer.assignment(config, parts, available)
       placer.check_memory(config, len(self.vocab), assignment, available, backend.replicas)
