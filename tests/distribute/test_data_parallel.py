@@ -3,6 +3,7 @@ MultiWorkerMirroredStrategy over 2 real processes on 127.0.0.1 started by the la
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,24 @@ def test_two_worker_processes_match_single_and_only_the_chief_writes(single_loss
   assert os.path.isfile(os.path.join(workdir, "checkpoints", "ckpt-12.index"))
   assert not glob.glob(os.path.join(workdir, "tmp_*"))    # other workers' scratch removed
   assert json.load(open(os.path.join(workdir, "config.json")))["distribute"]["backend"] == "multi_worker"
+
+
+def test_two_worker_processes_train_the_char_model_several_steps_per_call(tmp_path):
+  """The char CNN's embedding gradient has as many rows as the batch has distinct words' chars,
+  unequal between workers: its all-reduce inside a call's K-step loop failed with a collective
+  shape mismatch until it was summed dense (allreduce.all_reduce_sum)."""
+  workdir = str(tmp_path / "run")
+  char = [os.path.join(ROOT, "scripts", "train.py"), f"--config={ROOT}/configs/ptb_char_cnn_lstm.py:smoke",
+          "--config.train.log_every=4",   # (4 steps a call)
+          "--config.eval.max_tokens=100", "--config.eval.num_samples=0"]
+  out = _run([sys.executable, os.path.join(ROOT, "scripts", "launch_local.py"), "--num_workers=2",
+              "--", *char, "--config.distribute.backend=multi_worker", "--config.train.num_steps=8",
+              "--config.train.steps_per_loop=4", "--config.eval.every_steps=100000",
+              f"--workdir={workdir}"])
+  losses = {task: re.findall(r"step \d+/8 \| loss ([\d.]+)",
+                             open(os.path.join(workdir, "logs", f"{task}.log")).read())
+            for task in ("worker0", "worker1")}
+  assert len(losses["worker0"]) == 2 and losses["worker0"] == losses["worker1"], (losses, out[-2000:])
 
 
 def test_two_worker_processes_each_placed_over_two_devices_match_single(single_losses, tmp_path):

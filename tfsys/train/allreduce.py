@@ -18,7 +18,17 @@ from tfsys.train.step import gradient_step, sq_norm
 def all_reduce_sum(ctx, grads, dtype=tf.float32):
   """The replicas' gradients summed (a replica context's all-reduce), sent in `dtype`: bf16
   halves the bytes each gradient puts on the wire and rounds each replica's gradient to 8
-  mantissa bits first (the sum of the rounded parts comes back in float32)."""
+  mantissa bits first (the sum of the rounded parts comes back in float32).
+
+  A sparse gradient whose row count is known only at run time (the char CNN's embedding: the
+  rows of the batch's distinct words) is summed dense: MultiWorkerMirroredStrategy all-gathers
+  sparse gradients, and inside the K-step loop of a call its gather of slices of unequal length
+  fails ("Shape mismatch in the collective", measured on two workers). Such tables are small
+  (262 x 15); a word embedding's gradient has a static row count (the batch's tokens) and stays
+  sparse."""
+  if ctx.num_replicas_in_sync > 1:
+    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices)
+             and g.values.shape[0] is None else g for g in grads]
   if dtype == tf.float32:
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
