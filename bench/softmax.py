@@ -6,10 +6,12 @@ At the PTB word model's sizes (700 positions = batch 20 x 35, 200 units, vocabul
 in float32 and in bf16 as train.precision=bfloat16 computes it (models/sharded.py: bf16
 operands, float32 logits, bias and loss): (a) the three matmuls alone (logits, and the two of
 the backward: to the hidden states and to the weights); (b) the loss and its gradient, as the
-model computes them (matmul, cast, bias, tf.nn.sparse_softmax_cross_entropy_with_logits,
-tf.GradientTape); (c) the forward loss alone. b - a is what TensorFlow adds around the matmuls:
-the [700, 10000] logits' materialisation, the cross-entropy kernel, the casts, the bias and its
-gradient. Medians of --reps calls of a tf.function. The last line is one JSON object.
+model computes them (matmul, cast, bias, models/layers/softmax.py's cross-entropy,
+tf.GradientTape); (c) the forward loss alone. b - a is what is added around the matmuls: the
+[700, 10000] logits' materialisation, the cross-entropy, the casts, the bias and its gradient.
+Then the cross-entropy alone on [700, 10000] logits, forward and backward and forward alone:
+TensorFlow's fused kernel (tf.nn.sparse_softmax_cross_entropy_with_logits) against ours.
+Medians of --reps calls of a tf.function. The last line is one JSON object.
 """
 import json
 import os
@@ -24,6 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from models import sharded  # noqa: E402
+from models.layers.softmax import sparse_softmax_cross_entropy  # noqa: E402
 
 _REPS = flags.DEFINE_integer("reps", 20, "timed calls per figure")
 N, P, V = 700, 200, 10_000
@@ -54,9 +57,9 @@ def measure(dtype) -> dict:
     to_h, to_w = tf.matmul(logits, wc), tf.matmul(logits, h, transpose_a=True)
     return tf.cast(to_h[0, 0], tf.float32) + tf.cast(to_w[0, 0], tf.float32)
 
-  def loss():
+  def loss():   # as models/lstm_lm.py computes it
     logits = sharded.logits(h, w, b)               # float32 whatever h's dtype
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
+    return tf.reduce_mean(sparse_softmax_cross_entropy(targets, logits))
 
   @tf.function
   def loss_and_gradient():
@@ -67,10 +70,28 @@ def measure(dtype) -> dict:
     return tf.cast(to_h[0, 0], tf.float32) + to_w[0, 0] + to_b[0]
 
   mm, full, forward = median_ms(matmuls), median_ms(loss_and_gradient), median_ms(tf.function(loss))
-  return {"matmuls_ms": round(mm, 2), "loss_and_gradient_ms": round(full, 2),
+  return {**cross_entropy(targets), "matmuls_ms": round(mm, 2), "loss_and_gradient_ms": round(full, 2),
           "forward_loss_ms": round(forward, 2), "overhead_ms": round(full - mm, 2),
           "overhead_share": round((full - mm) / full, 3),
           "matmul_gflops": round(3 * 2 * N * P * V / mm / 1e6, 1)}
+
+
+def cross_entropy(targets) -> dict:
+  """The cross-entropy alone on [N, V] float32 logits, forward and backward, and forward alone:
+  TensorFlow's fused kernel against models/layers/softmax.py's."""
+  logits = tf.constant(np.random.default_rng(1).normal(size=(N, V)), tf.float32)
+  out = {}
+  for name, fn in (("kernel", tf.nn.sparse_softmax_cross_entropy_with_logits),
+                   ("ours", sparse_softmax_cross_entropy)):
+    def both(fn=fn):
+      with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = tf.reduce_mean(fn(targets, logits))
+      return value + tape.gradient(value, logits)[0, 0]
+    out[f"xent_{name}_ms"] = round(median_ms(tf.function(both)), 2)
+    out[f"xent_{name}_forward_ms"] = round(
+        median_ms(tf.function(lambda fn=fn: tf.reduce_sum(fn(targets, logits)))), 2)
+  return out
 
 
 def main(argv):
@@ -83,7 +104,9 @@ def main(argv):
     print(f"{dtype.name}: 3 matmuls {r['matmuls_ms']} ms ({r['matmul_gflops']} GFLOP/s); loss and "
           f"gradient {r['loss_and_gradient_ms']} ms, of which {r['overhead_ms']} ms "
           f"({100 * r['overhead_share']:.0f}%) around the matmuls; the forward loss alone "
-          f"{r['forward_loss_ms']} ms")
+          f"{r['forward_loss_ms']} ms; the cross-entropy alone, forward and backward (forward): "
+          f"TensorFlow's kernel {r['xent_kernel_ms']} ({r['xent_kernel_forward_ms']}) ms, ours "
+          f"{r['xent_ours_ms']} ({r['xent_ours_forward_ms']}) ms")
   print(json.dumps(out))
 
 

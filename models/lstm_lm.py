@@ -18,6 +18,7 @@ import tensorflow as tf
 from models.layers import stateless
 from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
+from models.layers.softmax import sparse_softmax_cross_entropy
 from models import sharded
 from models.variables import VariableSpec, WholeVariables, constant, create_all, uniform
 from tfsys.data import chars
@@ -291,7 +292,7 @@ class LanguageModel(tf.Module):
                 labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)),
             remove_accidental_hits=True)
       logits = sharded.logits(flat_h, w, b)   # float32 whatever flat_h's dtype
-      return tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+      return sparse_softmax_cross_entropy(targets, logits)
     return self.placement.run("softmax", softmax_loss, flat_h, targets)
 
   def scalars(self, sums: dict, step: int) -> dict:

@@ -138,3 +138,23 @@ def test_lstmp_in_bfloat16_is_the_reference_to_bf16_rounding():
   np.testing.assert_allclose(c.numpy(), wc, rtol=0.03, atol=0.03)
   np.testing.assert_allclose(h.numpy(), wh, rtol=0.03, atol=0.03)
   assert np.abs(c.numpy() - wc).max() > 0   # it did compute in bf16
+
+
+def test_the_cross_entropy_is_tensorflows_kernel_forward_and_backward():
+  from models.layers.softmax import sparse_softmax_cross_entropy
+  rng = np.random.default_rng(3)
+  for scale in (1.0, 30.0):                       # large logits: no overflow
+    logits = tf.constant(scale * rng.normal(size=(7, 50)), tf.float32)
+    labels = tf.constant(rng.integers(0, 50, 7), tf.int32)
+    weights = tf.constant(rng.uniform(size=7), tf.float32)
+    results = []
+    for fn in (tf.nn.sparse_softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy):
+      with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = fn(labels, logits)
+        total = tf.reduce_sum(loss * weights)
+      results.append((loss.numpy(), tape.gradient(total, logits).numpy()))
+    (want, want_grad), (got, got_grad) = results
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(got).all()
