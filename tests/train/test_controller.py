@@ -235,16 +235,46 @@ def test_sigterm_saves_then_says_preempted(tmp_path):
   assert run.saved == [8]
 
 
-def test_ctrl_c_during_an_evaluation_saves_at_once(tmp_path, sigint):
+@pytest.mark.parametrize("kind", ["agreed", "alone", "chief"])
+def test_ctrl_c_during_an_evaluation_stops_once_it_is_done(tmp_path, sigint, kind):
+  """A signal in the duties is a request, acted on at the loop's boundary (raised inside an
+  eager TensorFlow call it once crashed a chief): the evaluation finishes and its step is saved;
+  the all-reduce backends pass the request on with the next step."""
+  run = _Run(tmp_path, total=50, evaluate=25)
+  evaluate = type(run.task).evaluate
+
+  class Task(type(run.task)):
+    def evaluate(self, split):
+      signal.raise_signal(signal.SIGINT)
+      return evaluate(self, split)
+  run.task = Task()
+  executor = _Executor(run, 1000)
+  executor.alone = kind == "alone"
+  executor.agreed_stop = kind != "chief"
+  with pytest.raises(KeyboardInterrupt):
+    _train(run, executor)
+  assert run.evaluated == [25]
+  if kind == "agreed":   # every worker runs one more step, then all save it
+    assert executor.calls[-1] == (26, 26) and run.saved == [20, 25, 26]
+  else:                  # nobody to tell: the step of the evaluation is the one saved
+    assert executor.calls[-1] == (21, 25) and run.saved == [20, 25]
+
+
+@pytest.mark.parametrize("kind", ["agreed", "chief"])
+def test_a_second_ctrl_c_during_an_evaluation_leaves_at_once(tmp_path, sigint, kind):
   run = _Run(tmp_path, total=50, evaluate=25)
 
   class Task(type(run.task)):
     def evaluate(self, split):
       signal.raise_signal(signal.SIGINT)
+      signal.raise_signal(signal.SIGINT)
+      raise AssertionError("not reached: the second Ctrl-C leaves")
   run.task = Task()
+  executor = _Executor(run, 1000)
+  executor.agreed_stop = kind != "chief"
   with pytest.raises(KeyboardInterrupt):
-    _train(run, _Executor(run, 1000))
-  assert run.saved == [20, 25]   # the checkpoint at 20, then the step of the evaluation
+    _train(run, executor)
+  assert run.saved == [20]   # the evaluation's step is not saved
 
 
 def test_a_non_finite_loss_stops_before_its_step_is_saved(tmp_path):

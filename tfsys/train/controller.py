@@ -91,13 +91,19 @@ class Controller:
           self.profiler.after(stretch.end)
           self._account(stretch)
         before, step = step, stretch.end
-        # A signal after the executor returned (during the bookkeeping) stops a chief here too.
+        if not stretch.stopped:
+          # A signal during the duties (an evaluation, a checkpoint) is a request too, acted on
+          # once they are done (a second Ctrl-C leaves at once): raised at whichever line the
+          # main thread is on, inside an eager TensorFlow call, it has crashed the process.
+          with interrupts.deferred(raise_on_exit=False, insist=True):
+            self._duties(before, step)
+        # A request of a chief (no all-reduce to carry it) stops here; the all-reduce backends
+        # pass it on with their next step.
         stopped = stretch.stopped or (interrupts.requested and not ex.agreed_stop)
         if stopped:   # every worker has the step done: save it
           if step > self.saved_step:
             self.save(step)
           break
-        self._duties(before, step)
     except Interrupts.Again:
       ex.halt()
       logging.warning("Ctrl-C again: leaving without waiting for the step under way; not "

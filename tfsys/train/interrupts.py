@@ -10,12 +10,11 @@ where the signal may act differs:
                                  worker of a multi_worker job learns of any worker's notice at
                                  the same step and all save it together (a save there is
                                  collective). TensorFlow's PreemptionCheckpointHandler reaches
-                                 the same agreement through the coordination service. A Ctrl-C
-                                 outside a call (an evaluation, a checkpoint) is raised at once.
+                                 the same agreement through the coordination service.
   sync_backup chief              within a stretch of steps on the ps (`deferred`) a request stops
                                  the ps loop after the step under way (`wait`), which is recorded
                                  and saved; its workers then exit 75 (the token queues closed
-                                 early). Elsewhere raised at once.
+                                 early).
   async_ps chief                 the same; on the way out the chief stops the workers (they
                                  watch a marker on ps0), waits for the global step to settle and
                                  saves.
@@ -34,6 +33,13 @@ recorded, the steps it applied are missing from the record and the step count, a
 checkpoint named after the last recorded step holds the parameters of a later one. So within
 `deferred` the handler only records the request and wakes `wait`, which sends the stop once. A
 second Ctrl-C there raises `Again` at once, for a loop that does not stop.
+
+Outside the calls, in the controller's duties (a progress line, an evaluation, a checkpoint),
+a signal is a request too, acted on once they are done (saved by a chief; passed on with the
+next step by the all-reduce backends); a second Ctrl-C raises `Again` there on every backend.
+Raised at whichever line the main thread is on, it lands inside eager TensorFlow calls: the
+async_ps chief once crashed with a segmentation fault in a summary write when the launcher's
+SIGTERM arrived there.
 """
 import contextlib
 import queue
@@ -75,7 +81,7 @@ class Interrupts:
     # thread between two of its bytecodes, maybe inside `wait`'s own get: SimpleQueue.put is
     # reentrant (a Condition's lock, as in threading.Event.set, could deadlock there).
     self.events = queue.SimpleQueue()
-    self._deferring = False
+    self._deferring = self._insist = False
     self._previous = {}
 
   def _handler(self, signum, frame):
@@ -89,7 +95,7 @@ class Interrupts:
         return   # rides the next step's all-reduce
     if not self._deferring:
       raise self.kind
-    if again and not self.agreed:
+    if again and (self._insist or not self.agreed):
       # (An all-reduce call always returns, and Python runs no handler until it has: there a
       # second signal stays a request, and the step is saved.)
       raise self.Again
@@ -117,15 +123,16 @@ class Interrupts:
     self._previous = {}
 
   @contextlib.contextmanager
-  def deferred(self, raise_on_exit: bool = True):
+  def deferred(self, raise_on_exit: bool = True, insist: bool = False):
     """A signal inside only records the request; with raise_on_exit it is raised as
     KeyboardInterrupt (or SigTerm) when the body has finished (not when it fails: its own error
-    goes first)."""
-    self._deferring = True
+    goes first). A second Ctrl-C raises `Again` at once where the stop is not agreed, or
+    everywhere with `insist` (a body outside any all-reduce call: the controller's duties)."""
+    self._deferring, self._insist = True, insist
     try:
       yield
     finally:
-      self._deferring = False
+      self._deferring = self._insist = False
     if raise_on_exit and self.requested:
       raise self.kind
 
