@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from models.layers.char_cnn import char_cnn, char_cnn_shapes
-from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
+from models.layers.lstm import FORGET_BIAS, autodiff_lstmp_layer, lstmp_layer, lstmp_shapes
 
 pytestmark = pytest.mark.kernels   # numerics: .ci/run repeats these with oneDNN on and off
 
@@ -158,3 +158,61 @@ def test_the_cross_entropy_is_tensorflows_kernel_forward_and_backward():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-6)
     assert np.isfinite(got).all()
+
+
+def _loss_and_gradients(layer, x, c0, h0, params, clip, forget_bias, dtype, weights):
+  """A loss on all three outputs (outputs, c, h), and its gradients for every input."""
+  @tf.function
+  def run():
+    with tf.GradientTape() as tape:
+      tape.watch([x, c0, h0])
+      y, (c, h) = layer(x, (c0, h0), params, clip, forget_bias, compute_dtype=dtype)
+      loss = (tf.reduce_sum(tf.cast(y, tf.float32) * weights[0]) + tf.reduce_sum(c * weights[1])
+              + tf.reduce_sum(h * weights[2]))
+    return [loss] + tape.gradient(loss, [x, c0, h0] + list(params.values()))
+  return [t.numpy() for t in run()]
+
+
+@pytest.mark.parametrize("projection,clip,forget_bias,dtype,tolerance", [
+    (0, 0.0, FORGET_BIAS, tf.float32, 1e-5), (3, 0.0, FORGET_BIAS, tf.float32, 1e-5),
+    (3, 0.5, FORGET_BIAS, tf.float32, 1e-5), (0, 0.3, 0.0, tf.float32, 1e-5),
+    # bf16: the reference rounds the backward's running sums to bf16, ours keeps them float32
+    (3, 0.0, FORGET_BIAS, tf.bfloat16, 0.03), (0, 0.3, FORGET_BIAS, tf.bfloat16, 0.03)])
+def test_lstmp_gradient_is_the_automatic_one(projection, clip, forget_bias, dtype, tolerance):
+  """The hand-written backward loop against TensorFlow's gradient of the plain forward loop:
+  the inputs', the carried state's (c0, h0) and every weight's, through outputs, c and h."""
+  rng = np.random.default_rng(5)
+  p = {k: tf.Variable(v) for k, v in _params(lstmp_shapes(4, 5, projection), rng).items()}
+  out = projection or 5
+  x = tf.constant(rng.normal(size=(3, 7, 4)).astype(np.float32))
+  c0 = tf.constant(rng.normal(size=(3, 5)).astype(np.float32))
+  h0 = tf.constant(rng.normal(size=(3, out)).astype(np.float32))
+  weights = [tf.constant(rng.normal(size=shape).astype(np.float32))
+             for shape in ((3, 7, out), (3, 5), (3, out))]
+  got = _loss_and_gradients(lstmp_layer, x, c0, h0, p, clip, forget_bias, dtype, weights)
+  want = _loss_and_gradients(autodiff_lstmp_layer, x, c0, h0, p, clip, forget_bias, dtype, weights)
+  names = ["loss", "x", "c0", "h0"] + list(p)
+  for name, g, w in zip(names, got, want):
+    assert g.shape == w.shape, name
+    scale = max(np.abs(w).max(), 1e-3)
+    assert np.abs(g - w).max() <= tolerance * scale, (name, np.abs(g - w).max(), scale)
+  if clip:   # the clip was active: some c left the range, so the mask mattered
+    _, (c, _) = autodiff_lstmp_layer(x, (c0, h0), p, 0.0, forget_bias)
+    assert np.abs(c.numpy()).max() > clip
+
+
+def test_lstmp_gradient_of_the_outputs_alone():
+  """A caller that drops the final state (an encoder reads only the outputs) gets None for it
+  upstream; the gradient is then the outputs' alone."""
+  rng = np.random.default_rng(6)
+  p = {k: tf.constant(v) for k, v in _params(lstmp_shapes(4, 5, 0), rng).items()}
+  x = tf.constant(rng.normal(size=(2, 5, 4)).astype(np.float32))
+  zeros = tf.zeros([2, 5])
+  grads = []
+  for layer in (lstmp_layer, autodiff_lstmp_layer):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y, _ = layer(x, (zeros, zeros), p)
+      loss = tf.reduce_sum(y * y)
+    grads.append(tape.gradient(loss, x).numpy())
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
