@@ -57,7 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   # more words/s than 1 on the PTB word LSTM on a 2-core CPU, 16 no better (README).
   config.train.steps_per_loop = 4
   # float32 | bfloat16: mixed precision, the matmuls in bf16, variables, state and loss in
-  # float32 (tfsys/train/precision.py; faster only where the CPU or GPU has native bf16)
+  # float32 (tfsys/train/precision.py; faster only where the CPU or GPU has native bf16) |
+  # float16: the same in float16 with dynamic loss scaling (GPUs; all-reduce backends only)
   config.train.precision = "float32"
   # XLA on the forward and backward (tfsys/train/step.py): off, measured slower on the char
   # model and in bf16 on this project's CPUs, faster only for the word LM in float32 (README)

@@ -71,6 +71,19 @@ def test_mirrored_matches_single(request, tmp_path):
   assert _scalars(workdir, "noise/grad_sq_norm")[0] > 0
 
 
+def test_mirrored_float16_trains_with_its_loss_scale(tmp_path):
+  """train.precision=float16 over 2 replicas: one loss scale for both (the skip decision comes
+  from the all-reduced norm), in TensorBoard with the steps skipped."""
+  workdir = str(tmp_path)
+  _run([sys.executable, *TRAIN, *STEPS, f"--workdir={workdir}", "--config.train.precision=float16",
+        "--config.distribute.backend=mirrored", "--config.distribute.num_logical_cpus=2",
+        "--config.train.steps_per_loop=4", "--config.train.log_every=4"])
+  losses, scales = _scalars(workdir, "train/loss"), _scalars(workdir, "optim/loss_scale")
+  assert len(losses) == 3 and np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  assert len(scales) == 3 and all(1.0 <= s <= 2.0 ** 15 for s in scales), scales
+  assert _scalars(workdir, "optim/skipped_steps")[-1] < 12
+
+
 def test_two_worker_processes_match_single_and_only_the_chief_writes(single_losses, tmp_path):
   workdir = str(tmp_path / "run")
   out = _run(_launch(2, *STEPS, f"--workdir={workdir}"))

@@ -125,16 +125,17 @@ def test_config_from_before_forget_bias_and_zero_pad_keeps_their_old_meaning():
   assert np.abs(out["old"] - out["kim"]).max() > 0.01 * np.abs(out["old"]).max()
 
 
-@pytest.mark.parametrize("kind", ["char_cnn", "word"])
-def test_bfloat16_training_loss_and_gradients_are_float32s_to_its_rounding(kind):
-  """train.precision=bfloat16: the same draws (dropout masks from float32's), the loss and every
-  gradient within bf16's rounding of float32's, variables, gradients and state in float32;
-  evaluation computes in float32 whatever the training precision."""
+@pytest.mark.parametrize("kind,low", [("char_cnn", tf.bfloat16), ("word", tf.bfloat16),
+                                      ("word", tf.float16)])
+def test_bfloat16_training_loss_and_gradients_are_float32s_to_its_rounding(kind, low):
+  """train.precision=bfloat16 (and float16): the same draws (dropout masks from float32's), the
+  loss and every gradient within the rounding of float32's, variables, gradients and state in
+  float32; evaluation computes in float32 whatever the training precision."""
   m, v = _tiny(kind, vocab=40, dropout=0.3, init_scale=0.5)
   ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(3, 9)), tf.int32)
   batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8])}
   results = {}
-  for dtype in (tf.float32, tf.bfloat16):
+  for dtype in (tf.float32, low):
     m.compute_dtype = dtype
     with tf.GradientTape() as tape:
       loss, _, state = m.loss(batch, m.initial_state(3), training=True, step=5)
@@ -142,7 +143,7 @@ def test_bfloat16_training_loss_and_gradients_are_float32s_to_its_rounding(kind)
     results[dtype] = (float(loss), [tf.convert_to_tensor(g) for g in grads], state,
                       float(m.loss(batch, m.initial_state(3), training=False)[0]))
   loss32, grads32, _, eval32 = results[tf.float32]
-  loss16, grads16, state16, eval16 = results[tf.bfloat16]
+  loss16, grads16, state16, eval16 = results[low]
   assert loss16 == pytest.approx(loss32, rel=0.02) and loss16 != loss32
   assert eval16 == eval32                                     # evaluation: float32
   assert all(s.dtype == tf.float32 for s in tf.nest.flatten(state16))

@@ -95,3 +95,64 @@ def test_the_all_reduce_in_bfloat16_sends_rounded_gradients_and_returns_float32(
   c.distribute.allreduce_dtype = "int8"
   with pytest.raises(UserError, match="allreduce_dtype must be one of float32, bfloat16"):
     run.check(c)
+
+
+def test_the_loss_scale_halves_on_overflow_and_doubles_after_a_period_of_finite_steps():
+  from tfsys.train.precision import LossScale
+  ls = LossScale(initial=8.0, period=3)
+  history = []
+  for finite in (True, True, False, True, True, True, True, False, False, False, False, False):
+    ls.update(tf.constant(finite))
+    history.append(float(ls.value.numpy()))
+  assert history == [8, 8, 4, 4, 4, 8, 8, 4, 2, 1, 1, 1]   # never below 1
+  assert int(ls.skipped.numpy()) == 6 and int(ls.good_steps.numpy()) == 0
+  dense, sparse = ls.unscale([tf.constant([2.0, 4.0]),
+                              tf.IndexedSlices(tf.constant([[8.0]]), tf.constant([1]), [3, 1])])
+  assert dense.numpy().tolist() == [2.0, 4.0] and sparse.values.numpy().tolist() == [[8.0]]
+
+
+def test_float16_gradients_with_the_loss_scale_are_the_unscaled_ones_or_not_finite():
+  from tfsys.train.precision import LossScale
+  c = ptb_word_lstm.get_config("smoke")
+  c.model.dropout = c.model.embedding_dropout = 0.0
+  model = models.build(c.model, ["<unk>", "<eos>"] + [f"w{i}" for i in range(38)], seed=2)
+  model.compute_dtype = tf.float16
+  variables = model.trainable_variables
+  ids = tf.constant(np.random.default_rng(0).integers(0, 40, size=(3, 9)), tf.int32)
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8]),
+           "reset": tf.zeros([3, 1], tf.bool)}
+  step = tf.constant(4, tf.int64)
+  plain = gradient_step(model, variables, 1.0)(batch, model.initial_state(3), step)[1]
+  ls = LossScale(initial=1024.0)
+  scaled = gradient_step(model, variables, 1.0, loss_scale=ls)(batch, model.initial_state(3), step)[1]
+  for var, g, sg in zip(variables, plain, scaled):
+    g, sg = tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(sg).numpy()
+    assert sg.dtype == np.float32, var.name
+    assert np.abs(sg - g).max() <= 0.01 * np.abs(g).max() + 1e-6, var.name
+  ls.value.assign(2.0 ** 60)   # float16's largest is 65504: the backward overflows
+  over = gradient_step(model, variables, 1.0, loss_scale=ls)(batch, model.initial_state(3), step)[1]
+  assert not np.isfinite(float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in over])))
+
+
+def test_float16_training_skips_overflowing_steps_and_keeps_its_loss_scale(tmp_path, monkeypatch):
+  """A run that starts with a scale that overflows float16 skips those steps (no update: the
+  optimizer's step count stays 0), halving the scale each time; the checkpoint keeps it. At the
+  default scale a float16 run trains."""
+  import math
+  from tfsys.train import precision, train_and_evaluate
+  c = ptb_word_lstm.get_config("smoke")
+  c.train.precision = "float16"
+  c.train.num_steps, c.eval.max_tokens = 3, 200
+  default_init = precision.LossScale.__init__.__defaults__
+  monkeypatch.setattr(precision.LossScale.__init__, "__defaults__", (2.0 ** 60, 2000))
+  train_and_evaluate(c, str(tmp_path / "over"))
+  reader = tf.train.load_checkpoint(str(tmp_path / "over" / "checkpoints" / "ckpt-3"))
+  value = lambda name: reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+  assert value("loss_scale/value") == 2.0 ** 57 and value("loss_scale/skipped") == 3
+  assert value("step") == 3 and value("optimizer/iterations") == 0
+  monkeypatch.setattr(precision.LossScale.__init__, "__defaults__", default_init)
+  c.train.num_steps = 12
+  results = train_and_evaluate(c, str(tmp_path / "fine"))
+  assert results["step"] == 12 and math.isfinite(results["test_perplexity"])
+  reader = tf.train.load_checkpoint(str(tmp_path / "fine" / "checkpoints" / "ckpt-12"))
+  assert value("optimizer/iterations") >= 10   # at most a step or two skipped on the way

@@ -4,6 +4,7 @@ import sys
 import os
 
 import pytest
+import tensorflow as tf
 
 from configs import ptb_char_cnn_lstm
 from tests import warm
@@ -162,8 +163,10 @@ def test_precision_and_xla_are_kept_in_config_json_and_a_resume_may_not_change_t
   with pytest.raises(UserError, match=r"train.jit_compile: False -> True"):
     workdir.prepare(xla, str(old))
   cfg.train.precision = "float16"
-  with pytest.raises(UserError, match="float16 is not available"):
-    precision.compute_dtype(cfg)
+  assert precision.compute_dtype(cfg) == tf.float16
+  cfg.distribute.backend = "sync_backup"   # its loss scaling lives in the all-reduce backends
+  with pytest.raises(UserError, match="float16 with --config.distribute.backend=sync_backup"):
+    precision.check(cfg)
   cfg.train.precision = "fp8"
-  with pytest.raises(UserError, match="must be one of float32, bfloat16, got 'fp8'"):
+  with pytest.raises(UserError, match="must be one of float32, bfloat16, float16, got 'fp8'"):
     precision.compute_dtype(cfg)

@@ -64,8 +64,9 @@ class AllReduceExecutor:
     # all-reduced one (McCandlish et al. 2018, App. A.1).
     self.track_noise = config.monitor.noise_scale_every > 0 and replicas > 1
     track_noise = self.track_noise
+    loss_scale = run.loss_scale   # float16: dynamic loss scaling, else None
     gradient = gradient_step(model, variables, per_token_scale / replicas,
-                             config.train.get("jit_compile", False))
+                             config.train.get("jit_compile", False), loss_scale)
     # With one replica the all-reduce is the identity: nothing to round.
     reduce_dtype = (allreduce_dtype(config) if replicas > 1 or not self.alone else tf.float32)
 
@@ -102,10 +103,21 @@ class AllReduceExecutor:
         norm = tf.linalg.global_norm(grads)
       rate = learning_rate(step_var)
 
-      def apply(_, grads):  # cross-replica context: one update per variable, no second reduce
-        optimizer.apply(grads, variables, learning_rate(step_var))
+      def apply(strategy, grads, norm):  # cross-replica: one update per variable, no second reduce
+        if loss_scale is None:
+          optimizer.apply(grads, variables, learning_rate(step_var))
+        else:
+          # The all-reduced norm is the same on every replica and worker, so all skip together
+          # a step whose gradients overflowed (not finite): the data moves on, the scale halves.
+          finite = tf.math.is_finite(strategy.experimental_local_results(norm)[0])
+
+          def update():
+            optimizer.apply(grads, variables, learning_rate(step_var))
+            return tf.constant(True)
+          with tf.control_dependencies([tf.cond(finite, update, lambda: tf.constant(False))]):
+            loss_scale.update(finite)
         step_var.assign_add(1)
-      ctx.merge_call(apply, args=(grads,))
+      ctx.merge_call(apply, args=(grads, norm))
       out.update(grad_norm=norm, learning_rate=rate)
       return out, new_state
 
@@ -195,7 +207,10 @@ class AllReduceExecutor:
     return self._gather_all(self.state) if self.carries_state else None
 
   def progress_scalars(self) -> dict:
-    return {}
+    ls = self.r.loss_scale
+    if ls is None:
+      return {}
+    return {"optim/loss_scale": float(ls.value.numpy()), "optim/skipped_steps": int(ls.skipped.numpy())}
 
   def end(self) -> None:
     pass

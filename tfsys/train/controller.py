@@ -147,7 +147,8 @@ class Controller:
     self.throughput.add(r.words_per_step * s.steps)
     if s.noise is not None and self.noise_every > 0:
       for i, (small, big) in enumerate(zip(*s.noise)):
-        if (s.start + i + 1) % self.noise_every == 0:
+        # (a float16 step whose gradients overflowed, and was skipped, estimates nothing)
+        if (s.start + i + 1) % self.noise_every == 0 and np.isfinite(small) and np.isfinite(big):
           r.writers.scalars("train", s.start + i + 1, self.noise_scale.update(
               float(small), float(big), r.local_batch, r.batch))
     if s.series:

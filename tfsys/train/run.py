@@ -121,6 +121,8 @@ class Run:
     with strategy.scope():
       self.learning_rate = LearningRate(config.optim, batch)
       self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+      self.loss_scale = (precision.LossScale() if precision.compute_dtype(config) == tf.float16
+                         else None)
     self.variables = variables_of(self.parameters)   # a split table's shards one by one
     # The LSTM state of the whole global batch, for checkpoints only; during training each
     # replica carries its own rows.
@@ -130,7 +132,8 @@ class Run:
     self.checkpointer = Checkpointer(
         workdir, config.train.keep_checkpoints, self.is_chief, backend.task_name,
         model=self.model, optimizer=self.optimizer, step=self.step_var,
-        learning_rate=self.learning_rate, lstm_state=list(tf.nest.flatten(self.carried)))
+        learning_rate=self.learning_rate, lstm_state=list(tf.nest.flatten(self.carried)),
+        **({"loss_scale": self.loss_scale} if self.loss_scale is not None else {}))
     self.restored = self.checkpointer.restore_latest()
     self.start = int(self.step_var.numpy())
     self.n_params = sum(int(np.prod(v.shape)) for v in self.variables)

@@ -18,7 +18,7 @@ def sq_norm(grads):
   return tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads if g is not None])
 
 
-def gradient_step(model, variables, scale: float, jit_compile: bool = False):
+def gradient_step(model, variables, scale: float, jit_compile: bool = False, loss_scale=None):
   """fn(batch, state, step, replica) -> (loss, gradients, metric sums, new state).
 
   The state is reset in the rows where the batch starts a new stream row (batch["reset"]). The
@@ -33,6 +33,9 @@ def gradient_step(model, variables, scale: float, jit_compile: bool = False):
   the word LM in float32 (README: Speed), so it is off by default. XLA draws its own random
   numbers: the same (seed, step, replica) gives other dropout masks than without it, still a
   function of them alone (a workdir keeps its setting: workdir.RESUME_KEYS).
+
+  loss_scale (float16: tfsys.train.precision.LossScale): the backward pass starts from the loss
+  times its value, and the gradients come back divided by it (not finite where it overflowed).
   """
   def fn(batch, state, step, replica=None):
     state = reset_state(state, batch["reset"])
@@ -41,7 +44,12 @@ def gradient_step(model, variables, scale: float, jit_compile: bool = False):
     with tf.GradientTape() as tape:
       loss, metrics, new_state = model.loss(batch, state, training=True, step=step, **where)
       scaled = loss * scale
-    return loss, tape.gradient(scaled, variables), metrics, new_state
+      if loss_scale is not None:
+        scaled = scaled * loss_scale.value
+    grads = tape.gradient(scaled, variables)
+    if loss_scale is not None:
+      grads = loss_scale.unscale(grads)
+    return loss, grads, metrics, new_state
   if jit_compile:
     return tf.function(fn, jit_compile=True, reduce_retracing=True)
   return fn
