@@ -7,6 +7,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_WORKER_BATCH = 2
 
 
+def median_ms(fn, reps: int, warmup: int = 2) -> float:
+  """Median milliseconds of `reps` calls of fn (a tf.function; its result read back), after
+  `warmup` untimed calls (the trace)."""
+  import numpy as np
+  for _ in range(warmup):
+    fn().numpy()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn().numpy()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)) * 1e3
+
+
 def background_busy(interval=1.0) -> float:
   """Fraction of the machine's CPU time busy while we sleep: other jobs skew every figure."""
   def snap():
@@ -73,11 +87,4 @@ def model_step_ms(config, dtype_name: str = "float32", jit_compile: bool = False
       else:
         v.assign_sub(1e-3 * g)
     return loss
-  for _ in range(3):
-    step().numpy()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    step().numpy()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)) * 1e3
+  return median_ms(step, steps, warmup=3)

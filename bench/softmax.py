@@ -16,7 +16,6 @@ Medians of --reps calls of a tf.function. The last line is one JSON object.
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,6 +24,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench import common  # noqa: E402
 from models import sharded  # noqa: E402
 from models.layers.softmax import sparse_softmax_cross_entropy  # noqa: E402
 
@@ -33,14 +33,7 @@ N, P, V = 700, 200, 10_000
 
 
 def median_ms(fn) -> float:
-  fn().numpy()
-  fn().numpy()
-  times = []
-  for _ in range(_REPS.value):
-    t = time.perf_counter()
-    fn().numpy()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)) * 1e3
+  return common.median_ms(fn, _REPS.value)
 
 
 def measure(dtype) -> dict:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from models.layers import stateless
 from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
-from models.layers.softmax import sparse_softmax_cross_entropy
+from models.layers.softmax import sampled_softmax_loss, sparse_softmax_cross_entropy
 from models import sharded
 from models.variables import VariableSpec, WholeVariables, constant, create_all, uniform
 from tfsys.data import chars
@@ -284,13 +284,11 @@ class LanguageModel(tf.Module):
       if training and 0 < n < self.vocab_size:
         flat_h = tf.cast(flat_h, tf.float32)   # (the sampled softmax computes in float32)
         labels = tf.cast(targets[:, None], tf.int64)
-        # A list of shards is gathered from shard by shard ("div" partitioning).
-        return tf.nn.sampled_softmax_loss(
-            weights=sharded.listed(w), biases=sharded.listed(b), labels=labels, inputs=flat_h,
-            num_sampled=n, num_classes=self.vocab_size,
+        # A sharded table is gathered from shard by shard ("div" partitioning).
+        return sampled_softmax_loss(
+            w, b, labels[:, 0], flat_h, gather=sharded.gather,
             sampled_values=stateless.log_uniform_candidates(
-                labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)),
-            remove_accidental_hits=True)
+                labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)))
       logits = sharded.logits(flat_h, w, b)   # float32 whatever flat_h's dtype
       return sparse_softmax_cross_entropy(targets, logits)
     return self.placement.run("softmax", softmax_loss, flat_h, targets)

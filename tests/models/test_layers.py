@@ -216,3 +216,42 @@ def test_lstmp_gradient_of_the_outputs_alone():
       loss = tf.reduce_sum(y * y)
     grads.append(tape.gradient(loss, x).numpy())
   np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_sampled_softmax_loss_is_tensorflows(sharded):
+  """models/layers/softmax.py's sampled softmax against tf.nn.sampled_softmax_loss (num_true=1,
+  accidental hits removed): the losses and the gradients of the inputs, the table and the
+  biases, with rows whose label is among the sampled classes, and over a table in shards."""
+  from models.layers.softmax import sampled_softmax_loss
+  rng = np.random.default_rng(7)
+  vocab, dim, n = 50, 6, 9
+  w = rng.normal(size=(vocab, dim)).astype(np.float32)
+  b = rng.normal(size=vocab).astype(np.float32)
+  table = ([tf.Variable(w[:25]), tf.Variable(w[25:])] if sharded else tf.Variable(w))
+  biases = ([tf.Variable(b[:25]), tf.Variable(b[25:])] if sharded else tf.Variable(b))
+  inputs = tf.constant(rng.normal(size=(n, dim)).astype(np.float32))
+  sampled = tf.constant([3, 17, 40, 8, 29, 0, 44], tf.int64)        # distinct, as drawn
+  labels = tf.constant([17, 5, 44, 3, 49, 17, 30, 0, 12], tf.int64)   # rows 0, 2, 3, 5, 7 hit
+  true_expected = tf.constant(rng.uniform(0.1, 1, size=(n, 1)).astype(np.float32))
+  sampled_expected = tf.constant(rng.uniform(0.1, 1, size=7).astype(np.float32))
+  values = (sampled, true_expected, sampled_expected)
+  variables = (table if sharded else [table]) + (biases if sharded else [biases])
+
+  def run(fn):
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      losses = fn()
+      total = tf.reduce_sum(losses * tf.range(1.0, n + 1))   # a different weight per row
+    grads = tape.gradient(total, [inputs] + variables)
+    return [losses.numpy()] + [tf.convert_to_tensor(g).numpy() for g in grads]
+
+  ours = run(lambda: sampled_softmax_loss(
+      table, biases, labels, inputs, values,
+      gather=lambda t, ids: tf.nn.embedding_lookup(t, ids)))
+  theirs = run(lambda: tf.nn.sampled_softmax_loss(
+      table, biases, labels[:, None], inputs, num_sampled=7, num_classes=vocab,
+      sampled_values=values, remove_accidental_hits=True))
+  names = ["losses", "inputs"] + [v.name for v in variables]
+  for name, a, t in zip(names, ours, theirs):
+    np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-5, err_msg=name)
