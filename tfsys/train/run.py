@@ -52,8 +52,9 @@ def check(config):
                       "the step for one device, which a placed replica spans several of; use one")
     if config.model.get("num_samples", 0) > 0:
       raise UserError("--config.train.jit_compile=True with a sampled softmax "
-                      f"(--config.model.num_samples={config.model.num_samples}): XLA has no "
-                      "kernel for its candidate sampling (ComputeAccidentalHits); use one")
+                      f"(--config.model.num_samples={config.model.num_samples}): XLA compiles "
+                      "fixed shapes, and the candidate sampler draws until it has that many "
+                      "distinct ids (a run-time count); use one")
   factor = t.divergence_factor
   if factor and not factor > 1.0:
     raise UserError(f"--config.train.divergence_factor must be above 1 (or 0 = off), got {factor}")
