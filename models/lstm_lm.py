@@ -282,11 +282,11 @@ class LanguageModel(tf.Module):
 
     def softmax_loss(flat_h, targets):
       if training and 0 < n < self.vocab_size:
-        flat_h = tf.cast(flat_h, tf.float32)   # (the sampled softmax computes in float32)
+        flat_h = tf.cast(flat_h, tf.float32)   # (its matmul casts to the compute dtype)
         labels = tf.cast(targets[:, None], tf.int64)
         # A sharded table is gathered from shard by shard ("div" partitioning).
         return sampled_softmax_loss(
-            w, b, labels[:, 0], flat_h, gather=sharded.gather,
+            w, b, labels[:, 0], flat_h, gather=sharded.gather, compute_dtype=self.compute_dtype,
             sampled_values=stateless.log_uniform_candidates(
                 labels, n, self.vocab_size, stateless.site_seed(seed, SAMPLED_SOFTMAX_SITE)))
       logits = sharded.logits(flat_h, w, b)   # float32 whatever flat_h's dtype

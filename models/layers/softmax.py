@@ -30,14 +30,17 @@ def sparse_softmax_cross_entropy(labels, logits):
   return xent(logits)
 
 
-def sampled_softmax_loss(weights, biases, labels, inputs, sampled_values, gather):
+def sampled_softmax_loss(weights, biases, labels, inputs, sampled_values, gather,
+                         compute_dtype=tf.float32):
   """tf.nn.sampled_softmax_loss(..., num_true=1, remove_accidental_hits=True), computed in fewer
   passes over the [N, S] logits.
 
   labels [N] int64, inputs [N, P] float32, sampled_values = (sampled [S] int64 distinct,
   true_expected_count [N, 1], sampled_expected_count [S]) as a candidate sampler gives them,
   gather(table, ids) the rows of `weights` and `biases` (a sharded table's, "div"). Returns the
-  per-row losses [N].
+  per-row losses [N]. compute_dtype (train.precision): the dtype of the [N, P] x [P, S]
+  matmul's operands (bf16: mixed precision); its logits, the true class's and the loss are
+  float32.
 
   TensorFlow's builds the [N, S + 1] logits by concatenation, removes accidental hits by adding
   a dense [N, S] tensor built from their sparse positions, and hands dense [N, S + 1] labels to
@@ -54,8 +57,12 @@ def sampled_softmax_loss(weights, biases, labels, inputs, sampled_values, gather
   rows, bias = gather(weights, ids), gather(biases, ids)
   true_logits = (tf.reduce_sum(inputs * rows[:n], 1) + bias[:n]
                  - tf.math.log(tf.cast(true_expected[:, 0], tf.float32)))
-  sampled_logits = (tf.matmul(inputs, rows[n:], transpose_b=True)
-                    + (bias[n:] - tf.math.log(tf.cast(sampled_expected, tf.float32))))
+  if compute_dtype == tf.float32:
+    products = tf.matmul(inputs, rows[n:], transpose_b=True)
+  else:
+    products = tf.cast(tf.matmul(tf.cast(inputs, compute_dtype), tf.cast(rows[n:], compute_dtype),
+                                 transpose_b=True), tf.float32)
+  sampled_logits = products + (bias[n:] - tf.math.log(tf.cast(sampled_expected, tf.float32)))
   # Accidental hits: a sampled class that is the row's label counts as no negative.
   order = tf.argsort(sampled)
   ordered = tf.gather(sampled, order)

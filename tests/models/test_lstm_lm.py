@@ -125,13 +125,14 @@ def test_config_from_before_forget_bias_and_zero_pad_keeps_their_old_meaning():
   assert np.abs(out["old"] - out["kim"]).max() > 0.01 * np.abs(out["old"]).max()
 
 
-@pytest.mark.parametrize("kind,low", [("char_cnn", tf.bfloat16), ("word", tf.bfloat16),
-                                      ("word", tf.float16)])
-def test_bfloat16_training_loss_and_gradients_are_float32s_to_its_rounding(kind, low):
+@pytest.mark.parametrize("kind,low,samples", [("char_cnn", tf.bfloat16, 0), ("word", tf.bfloat16, 0),
+                                              ("word", tf.float16, 0), ("word", tf.bfloat16, 10)])
+def test_bfloat16_training_loss_and_gradients_are_float32s_to_its_rounding(kind, low, samples):
   """train.precision=bfloat16 (and float16): the same draws (dropout masks from float32's), the
   loss and every gradient within the rounding of float32's, variables, gradients and state in
-  float32; evaluation computes in float32 whatever the training precision."""
-  m, v = _tiny(kind, vocab=40, dropout=0.3, init_scale=0.5)
+  float32; evaluation computes in float32 whatever the training precision. With a sampled
+  softmax its matmul is in the low precision too (the same negatives drawn)."""
+  m, v = _tiny(kind, num_samples=samples, vocab=40, dropout=0.3, init_scale=0.5)
   ids = tf.constant(np.random.default_rng(0).integers(0, v, size=(3, 9)), tf.int32)
   batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": tf.ones([3, 8])}
   results = {}

@@ -2,8 +2,8 @@
 
 float32 (the default) computes everything in float32. bfloat16 is mixed precision: the
 variables, their optimizer slots, the LSTM gates and state and the loss stay float32, the LSTMs'
-and the full softmax's matmuls take bf16 operands (models/layers/lstm.py, models/sharded.py;
-the char CNN and the sampled softmax stay float32). bf16 has float32's
+and both softmaxes' matmuls take bf16 operands (models/layers/lstm.py, models/sharded.py,
+models/layers/softmax.py; the char CNN stays float32). bf16 has float32's
 exponent range, so no loss scaling is needed; its 8-bit mantissa costs precision in each
 product, not range. It pays where the hardware multiplies bf16 natively (x86 CPUs with
 AVX512-BF16 or AMX, recent GPUs); elsewhere TensorFlow emulates it, slower than float32.
