@@ -44,7 +44,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, sampled_values, gather
 
   TensorFlow's builds the [N, S + 1] logits by concatenation, removes accidental hits by adding
   a dense [N, S] tensor built from their sparse positions, and hands dense [N, S + 1] labels to
-  its single-threaded fused cross-entropy (bench/sampled_softmax.py: 31% of the loss and
+  its single-threaded fused cross-entropy (bench/sampled_softmax.py: 42% of the loss and
   gradient's time around the matmuls at the LM1B configs' sizes). Here the true class's logit
   stays a column of its own, an accidental hit (the sampled ids are distinct, so a row's label
   is among them at most once) is found by a sorted search and set in place, and the

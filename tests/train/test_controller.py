@@ -251,13 +251,17 @@ def test_ctrl_c_during_an_evaluation_stops_once_it_is_done(tmp_path, sigint, kin
   executor = _Executor(run, 1000)
   executor.alone = kind == "alone"
   executor.agreed_stop = kind != "chief"
+  if kind == "chief":   # like async_ps: its workers go on until halted, then settle
+    executor.halt = lambda: run.step_var.value + 2
   with pytest.raises(KeyboardInterrupt):
     _train(run, executor)
   assert run.evaluated == [25]
   if kind == "agreed":   # every worker runs one more step, then all save it
     assert executor.calls[-1] == (26, 26) and run.saved == [20, 25, 26]
-  else:                  # nobody to tell: the step of the evaluation is the one saved
+  elif kind == "alone":  # nobody to tell: the step of the evaluation is the one saved
     assert executor.calls[-1] == (21, 25) and run.saved == [20, 25]
+  else:                  # the chief halts its workers, then saves the step they settled on
+    assert executor.calls[-1] == (21, 25) and run.saved == [20, 25, 27]
 
 
 @pytest.mark.parametrize("kind", ["agreed", "chief"])

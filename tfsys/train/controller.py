@@ -91,16 +91,21 @@ class Controller:
           self.profiler.after(stretch.end)
           self._account(stretch)
         before, step = step, stretch.end
-        if not stretch.stopped:
+        # A request of a chief (no all-reduce to carry it) stops here; the all-reduce backends
+        # pass it on with their next step.
+        chief_stop = lambda: interrupts.requested and not ex.agreed_stop
+        if not stretch.stopped and not chief_stop():
           # A signal during the duties (an evaluation, a checkpoint) is a request too, acted on
           # once they are done (a second Ctrl-C leaves at once): raised at whichever line the
           # main thread is on, inside an eager TensorFlow call, it has crashed the process.
           with interrupts.deferred(raise_on_exit=False, insist=True):
             self._duties(before, step)
-        # A request of a chief (no all-reduce to carry it) stops here; the all-reduce backends
-        # pass it on with their next step.
-        stopped = stretch.stopped or (interrupts.requested and not ex.agreed_stop)
+        stopped = stretch.stopped or chief_stop()
         if stopped:   # every worker has the step done: save it
+          if not stretch.stopped:
+            # The request came after the call: stop the other workers first (async_ps's go on
+            # applying updates until told), at the step they settle on.
+            step = ex.halt()
           if step > self.saved_step:
             self.save(step)
           break

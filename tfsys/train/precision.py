@@ -125,7 +125,9 @@ class LossScale(tf.Module):
     """After a step: finite (a bool tensor) says whether its gradients were. Returns the op."""
     good = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
     grow = good >= self.period
-    value = tf.where(finite, tf.where(grow, self.value * 2.0, self.value),
+    doubled = self.value * 2.0
+    grow = grow & tf.math.is_finite(doubled)   # (never to inf, from which halving is no way back)
+    value = tf.where(finite, tf.where(grow, doubled, self.value),
                      tf.maximum(self.value * 0.5, 1.0))
     return tf.group(self.value.assign(value),
                     self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good)),
