@@ -22,8 +22,10 @@ and nothing else), in a process of its own, next to the one-device plan there; t
 to every plan: the cost model's predicted step time (measured devices,
 tfsys/placement/measure.py); for a0, the one-device plan on a device measured with all the
 threads. `placer_secs` is the auto placer's wall time with its measurement (the slower of its
-two runs). Each plan is timed over --steps steps after 3 of warm-up (median). The last line is
-one JSON object.
+two runs). Each plan is timed over --steps steps after 3 of warm-up (median), the plans of one
+process in turns (4 rounds), so that a burst of other work falls on all of them alike; a0 is
+run before and after the others, and its two medians averaged. The last line is one JSON
+object.
 """
 import json
 import os
@@ -38,7 +40,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-_STEPS = flags.DEFINE_integer("steps", 12, "timed steps per plan")
+_STEPS = flags.DEFINE_integer("steps", 16, "timed steps per plan")
 _WORKER = flags.DEFINE_enum("worker", "", ["", "default", "split", "shared"],
                             "internal: measure one process's plans and print their JSON line")
 _MODEL = flags.DEFINE_enum("model", "char", ["char", "word"], "internal: which config")
@@ -70,8 +72,8 @@ def manual_plans(parts: list) -> dict:
   return plans
 
 
-def time_plan(model_config, words, assignment, chunks: int, steps: int) -> float:
-  """Median seconds of one training step of the placed model (None: unplaced)."""
+def plan_step(model_config, words, assignment, chunks: int):
+  """fn() -> seconds of one training step of the placed model (None: unplaced), warmed up."""
   import tensorflow as tf
   import models
   from models.sharded import variables_of
@@ -88,7 +90,7 @@ def time_plan(model_config, words, assignment, chunks: int, steps: int) -> float
   ids = rng.integers(0, len(words), size=(c.train.batch_size, c.train.unroll + 1))
   batch = {"inputs": tf.constant(ids[:, :-1], tf.int32), "targets": tf.constant(ids[:, 1:], tf.int32),
            "weights": tf.ones([c.train.batch_size, c.train.unroll])}
-  state = model.initial_state(c.train.batch_size)
+  state = [model.initial_state(c.train.batch_size)]
   step_var = tf.Variable(0, dtype=tf.int64)
 
   @tf.function
@@ -101,16 +103,26 @@ def time_plan(model_config, words, assignment, chunks: int, steps: int) -> float
     step_var.assign_add(1)
     return loss, state
 
-  for _ in range(3):
-    loss, state = step(batch, state)
-  float(loss)
-  times = []
-  for _ in range(steps):
+  def timed():
     t = time.perf_counter()
-    loss, state = step(batch, state)
+    loss, state[0] = step(batch, state[0])
     float(loss)   # the step is done
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+    return time.perf_counter() - t
+  for _ in range(3):
+    timed()
+  return timed
+
+
+def time_plans(model_config, words, plans: dict, steps: int, rounds: int = 4) -> dict:
+  """{label: median seconds of a step} of {label: (assignment, chunks)}, every plan built first
+  and then timed in turns, `rounds` turns of steps / rounds steps each, so that a burst of other
+  work on the machine falls on every plan alike, not on one."""
+  fns = {label: plan_step(model_config, words, a, k) for label, (a, k) in plans.items()}
+  times = {label: [] for label in plans}
+  for _ in range(rounds):
+    for label, fn in fns.items():
+      times[label] += [fn() for _ in range(max(steps // rounds, 1))]
+  return {label: float(np.median(t)) for label, t in times.items()}
 
 
 def predicted(c, assignment, chunks, devices, links) -> float:
@@ -127,7 +139,8 @@ def worker_default(model: str, steps: int) -> dict:
   devices = measure.calibrate(c, VOCAB, devices, seconds=2.0)
   from models.lstm_lm import parts
   one = {p: ("CPU:0",) for p in parts(c.model)}
-  return {"default": {"measured_ms": 1e3 * time_plan(model, words, None, 1, steps),
+  measured = time_plans(model, words, {"default": (None, 1)}, steps)["default"]
+  return {"default": {"measured_ms": 1e3 * measured,
                       "predicted_ms": 1e3 * predicted(c, one, 1, devices, links),
                       "gflops": devices[0].gflops}}
 
@@ -155,14 +168,17 @@ def worker_split(model: str, steps: int, manual: bool = True) -> dict:
   if manual:
     plans.update({"round-robin": ({p: (f"CPU:{k % 2}",) for k, p in enumerate(parts)}, 1),
                   **{f"manual: {k}": v for k, v in manual_plans(parts).items()}})
-  plans["auto"] = (plan.device_tuples(), chunks)
+  plans["auto"] = (None if plan.unplaced else plan.device_tuples(), chunks)
+  measured = time_plans(model, words, plans, steps)
   for label, (assignment, k) in plans.items():
-    out[label] = {"measured_ms": 1e3 * time_plan(model, words, assignment, k, steps),
+    assignment = plan.device_tuples() if label == "auto" else assignment
+    out[label] = {"measured_ms": 1e3 * measured[label],
                   "predicted_ms": 1e3 * predicted(c, assignment, k, devices, links),
                   "plan": {p: "+".join(d) for p, d in assignment.items()}, "chunks": k}
   out["auto"].update(placer_secs=placer_secs, chosen=plan.chosen)
   out["devices"] = [{"name": d.name, "gflops": round(d.gflops, 1),
-                     "pool_gflops": round(d.pool_gflops, 1), "launch_us": 1e6 * d.launch_secs}
+                     "pool_gflops": round(d.pool_gflops, 1), "launch_us": 1e6 * d.launch_secs,
+                     "part_scale": {p: round(f, 2) for p, f in d.part_scale}}
                     for d in devices]
   return out
 
@@ -199,8 +215,12 @@ def main(argv):
   print(f"machine busy with other work: {100 * background_busy():.0f}%")
   results = {}
   for model in ("char", "word"):
-    r = {**child("default", model, _STEPS.value), **child("split", model, _STEPS.value)}
+    first = child("default", model, _STEPS.value)["default"]
+    r = child("split", model, _STEPS.value)
     shared = child("shared", model, _STEPS.value)
+    # a0 before and after the others (the machine's speed drifts between processes): the mean
+    last = child("default", model, _STEPS.value)["default"]
+    r = {"default": {k: (first[k] + last[k]) / 2 for k in first}, **r}
     r["auto, 1 thread each"] = r.pop("auto")
     r["shared threads: one device"], r["auto"] = shared["one device"], shared["auto"]
     r["shared devices"] = shared["devices"]
@@ -215,6 +235,8 @@ def main(argv):
       err = v["predicted_ms"] / v["measured_ms"] - 1
       print(f"  {label:<34} {v['measured_ms']:>11.1f} {v['predicted_ms']:>12.1f} {err:>+7.0%}"
             + (f"  {v['plan']} x{v['chunks']}" if label.startswith("auto") else ""))
+    print("  part factors (time over FLOPs at the calibrated speed): "
+          + ", ".join(f"{p} {f}" for p, f in r["devices"][0]["part_scale"].items()))
     for label in ("auto, 1 thread each", "auto"):
       print(f"  {label} placer: {r[label]['placer_secs']:.2f} s ({r[label]['chosen']})")
 

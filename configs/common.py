@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.placement.chunks = 0        # cut the unroll into this many chunks, so that layers on
                                      # different devices pipeline them (whitepaper Fig. 8);
                                      # 0: the auto placer picks (rules: 1)
+  config.placement.devices = ""      # auto: describe this host's devices, NAME=MEMORY@GFLOPS,...
+                                     # (e.g. "CPU:0=8GiB@100,CPU:1=8GiB@100"), instead of
+                                     # measuring them: a plan from the cost model alone
 
   config.distribute = ml_collections.ConfigDict()
   config.distribute.backend = "single"  # single | mirrored (all local GPUs, else logical CPUs)

@@ -79,6 +79,49 @@ def test_devices_of_one_pool_share_its_speed():
       pytest.approx(0.1)
 
 
+
+def test_a_part_factor_scales_that_parts_flops_and_nothing_else():
+  g = StepGraph([Node("a", "x", 1e9, 0), Node("b", "y", 1e9, 0, ("a",), ops=10)],
+                _parts("x", "y"))
+  device = Device("CPU:0", "CPU", 10.0, GIB, 1e-3, part_scale=(("y", 3.0),))
+  # x: 0.1 s + 1 launch; y: 3 x 0.1 s + 10 launches (a launch is not scaled)
+  assert simulate(g, {"x": "CPU:0", "y": "CPU:0"}, [device], _links(1e9)).step_secs == \
+      pytest.approx(0.101 + 0.31)
+
+
+def test_part_factors_share_the_measured_step_as_the_profile_shares_the_ops():
+  from tfsys.placement.measure import part_factors
+  g = StepGraph([Node("a", "x", 1e9, 0), Node("b", "y", 1e9, 0, ("a",), ops=10)],
+                _parts("x", "y"))
+  device = Device("CPU:0", "CPU", 10.0, GIB, 1e-3)
+  # 0.33 s measured; the profile gives x twice y's op time, and 5 s to no part (spread alike):
+  # x 0.22 s, y 0.11 s; less their launches (1 and 10 ms), over 0.1 s of FLOPs each
+  factors = dict(part_factors(g, device, 0.33, {"x": 2.0, "y": 1.0, "": 5.0}))
+  assert factors == pytest.approx({"x": 2.19, "y": 1.0})
+  scaled = Device("CPU:0", "CPU", 10.0, GIB, 1e-3, part_scale=tuple(factors.items()))
+  assert simulate(g, {"x": "CPU:0", "y": "CPU:0"}, [scaled], _links(1e9)).step_secs == \
+      pytest.approx(0.33)
+  assert part_factors(g, device, 0.33, {"": 1.0}) == ()   # nothing attributed: no factors
+
+
+def test_a_profiles_op_time_is_credited_to_the_part_its_scopes_name():
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+  from tfsys.placement.measure import op_secs_by_part
+  space = xplane_pb2.XSpace()
+  plane = space.planes.add(name="/host:CPU")
+  events = {"lstm0/while/MatMul:_MklMatMul": 3, "lstm0_1/Sigmoid:Sigmoid": 1,
+            "gradient_tape/lstm1/MatMul:MatMul": 2, "softmax_grad/mul:Mul": 4,
+            "char_cnn/conv:Conv2D": 5, "mul_9:Mul": 6,
+            "lstm1/while:While": 100, "ExecutorState::Process": 100}   # not ops of their own
+  line = plane.lines.add(name="tf_Compute/1")
+  for k, (name, ms) in enumerate(events.items(), start=1):
+    plane.event_metadata[k].id, plane.event_metadata[k].name = k, name
+    line.events.add(metadata_id=k, duration_ps=int(ms * 1e9))
+  plane.lines.add(name="python").events.add(metadata_id=1, duration_ps=10**12)  # not an op's
+  secs = op_secs_by_part(space.SerializeToString(), ["char_cnn", "lstm0", "lstm1", "softmax"])
+  assert secs == pytest.approx({"char_cnn": 5e-3, "lstm0": 4e-3, "lstm1": 2e-3,
+                                "softmax": 4e-3, "": 6e-3})
+
 # ---- the placer on graphs with known optimal plans ----------------------------------------------
 def test_a_chain_stays_on_one_device_when_transfers_are_expensive():
   nodes = [Node("a", "a", 1e9, 1e8), Node("b", "b", 1e9, 1e8, ("a",)),
@@ -285,3 +328,32 @@ def test_the_auto_placer_picks_the_chunks_of_the_unroll():
                          links=Links(Link(1e11, 1e-6)))
   assert two.chunks in (5, 7) and len({d for p in two.device_tuples().values() for d in p}) == 2
   assert two.step_secs < one.step_secs
+  assert one.unplaced and one.chosen.startswith("unplaced") and not two.unplaced
+
+
+def test_the_auto_placer_places_nothing_unless_placing_is_predicted_well_faster():
+  from tfsys.placement import auto, placer
+  config = configs.ptb_word_lstm.get_config()
+  # Two logical CPUs on one core: no plan can be faster than the step whole on CPU:0.
+  shared = _devices(2, gflops=100.0, memory=8 * GIB, pool="host", pool_gflops=100.0)
+  plan = placer.auto_plan(config, 10_000, ["CPU:0", "CPU:1"], devices=shared,
+                          links=_links(10e9, 1e-5))
+  assert plan.unplaced and plan.chunks == 1 and plan.to_json()["unplaced"]
+  assert set(plan.device_tuples().values()) == {("CPU:0",)}
+  assert "nothing is placed" in plan.table()
+  # A second core: pipelining pays, by more than UNPLACED_GAIN.
+  free = _devices(2, gflops=100.0, memory=8 * GIB, pool="host", pool_gflops=200.0)
+  plan = placer.auto_plan(config, 10_000, ["CPU:0", "CPU:1"], devices=free,
+                          links=_links(10e9, 1e-5))
+  assert not plan.unplaced and len({d for p in plan.device_tuples().values() for d in p}) == 2
+  # The step whole on a GPU, the device TensorFlow would run it on, is what placing must beat.
+  assert auto.home_device(parse_devices("CPU:0=8GiB@100,GPU:0=8GiB@100")).name == "GPU:0"
+
+
+def test_workers_agree_on_placing_nothing():
+  import tensorflow as tf
+  from tfsys.placement import placer
+  assignment = {"lstm0": ("CPU:0",), "softmax": ("CPU:1",)}
+  strategy = tf.distribute.get_strategy()
+  assert placer.agree(strategy, assignment, ["CPU:0", "CPU:1"], 0) == (assignment, 0)
+  assert placer.agree(strategy, assignment, ["CPU:0", "CPU:1"], 5) == (assignment, 5)

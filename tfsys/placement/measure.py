@@ -13,9 +13,15 @@ devices; a GPU's what TensorFlow's allocator may use.
 Figures depend on the machine and its load: they are not asserted in tests.
 """
 import dataclasses
+import os
+import re
 import statistics
 import subprocess
+import tempfile
+import threading
 import time
+
+from absl import logging
 
 from tfsys.errors import UserError
 from tfsys.placement.schedule import Device, Link, Links, canonical
@@ -168,12 +174,10 @@ def _measure_links(tf, devices, budget: float, copy_bytes: int) -> Links:
   return Links(default, kinds=kinds)
 
 
-def step_timers(config, vocab_size: int, assignments, replicas: int = 1):
-  """[fn() -> loss] per prefix of `assignments` ({part: devices}): one training step (loss,
-  gradients, update) of config's model on one replica's batch of synthetic ids, one copy of the
-  model per assignment, the copies run side by side in one tf.function (the first function
-  runs the first copy alone, the second the first two at once, ...): the profiling runs the
-  cost model is calibrated on."""
+def step_timer(config, vocab_size: int, assignment, replicas: int = 1):
+  """fn() -> loss: one training step (loss, gradients, update) of config's model placed by
+  `assignment` ({part: devices}) on one replica's batch of synthetic ids, in a tf.function: the
+  profiling run the cost model is calibrated on."""
   import numpy as np   # pylint: disable=import-outside-toplevel
   import tensorflow as tf   # pylint: disable=import-outside-toplevel
   import models   # pylint: disable=import-outside-toplevel
@@ -184,12 +188,13 @@ def step_timers(config, vocab_size: int, assignments, replicas: int = 1):
   ids = np.random.default_rng(0).integers(0, vocab_size, size=(rows, steps + 1))
   batch = {"inputs": tf.constant(ids[:, :-1], tf.int32),
            "targets": tf.constant(ids[:, 1:], tf.int32), "weights": tf.ones([rows, steps])}
-  copies = []
-  for assignment in assignments:
-    model = models.build(config.model, words, placement=DevicePlacement(assignment))
-    copies.append((model, variables_of(parameters(model))))
+  model = models.build(config.model, words, placement=DevicePlacement(assignment))
+  variables = variables_of(parameters(model))
 
-  def one_step(model, variables):
+  # (autograph=False: the model is written in TensorFlow ops, and converting its Python takes
+  # most of a trace: 7 of 9.6 s for the char-CNN model's step, profiled)
+  @tf.function(autograph=False)
+  def step():
     with tf.GradientTape() as tape:
       loss, _, _ = model.loss(batch, model.initial_state(rows), training=True, step=0)
     grads = tape.gradient(loss, variables)
@@ -199,51 +204,173 @@ def step_timers(config, vocab_size: int, assignments, replicas: int = 1):
       else:
         v.assign_sub(1e-9 * g)
     return loss
+  return step
 
-  # One trace for every count: copy k runs when count > k (tracing a step costs seconds).
-  @tf.function
-  def steps(count):
-    total = one_step(*copies[0])
-    for k, copy in enumerate(copies[1:], start=1):
-      total += tf.cond(count > k, lambda copy=copy: one_step(*copy), lambda: 0.0)
-    return total
-  return [lambda n=n: steps(tf.constant(n)) for n in range(1, len(copies) + 1)]
+
+def _together_rate(fn, copies: int, secs: float, offset: float) -> float:
+  """Calls of fn per second in all when `copies` threads call it back to back for about `secs`
+  (TensorFlow runs them side by side: it releases the GIL while a function runs), thread k
+  starting k x `offset` late so that their steps overlap at every phase, as a pipeline's parts
+  do, not only in step (where both want the same resource at once)."""
+  rates = [0.0] * copies
+  stop = time.perf_counter() + secs
+
+  def loop(k):
+    time.sleep(k * offset)
+    t0, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() < stop:
+      fn().numpy()
+      calls += 1
+    rates[k] = calls / (time.perf_counter() - t0)
+  threads = [threading.Thread(target=loop, args=(k,)) for k in range(copies)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return sum(rates)
+
+
+def _cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+# Ops that only run others (their time is their body's ops'): not counted.
+_CALLERS = {"While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase",
+            "PartitionedCall", "StatefulPartitionedCall"}
+
+
+def op_secs_by_part(xspace_bytes: bytes, parts) -> dict:
+  """{part: secs, "": the rest} of the op executions a TensorFlow profile (an XSpace) records on
+  the host: each op's wall time credited to the first part its name's scopes name (on_device's
+  `part`, `part_grad`, TensorFlow's uniquified `part_1`; the tape's `gradient_tape/part/...`).
+  Events are the executor threads' (`tf_Compute...` lines), named "op name:op type"."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2   # pylint: disable=import-outside-toplevel
+  scope = re.compile("(" + "|".join(re.escape(p) for p in parts) + r")(?:_\d+)?(?:_grad)?(?:_\d+)?")
+  space = xplane_pb2.XSpace()
+  space.ParseFromString(xspace_bytes)
+  out = dict.fromkeys(list(parts) + [""], 0.0)
+  for plane in space.planes:
+    if not plane.name.startswith("/host:"):
+      continue
+    names = plane.event_metadata
+    for line in plane.lines:
+      if not line.name.startswith("tf_Compute"):
+        continue
+      for event in line.events:
+        name = names[event.metadata_id].name
+        op, sep, kind = name.rpartition(":")
+        if not sep or "::" in name or kind in _CALLERS:
+          continue
+        part = next((m.group(1) for m in map(scope.fullmatch, op.split("/")) if m), "")
+        out[part] += event.duration_ps * 1e-12
+  return out
+
+
+def profile_parts(fn, parts, calls: int = 2) -> dict:
+  """{part: secs per call} of fn's ops (op_secs_by_part) over `calls` calls under TensorFlow's
+  profiler; {} if the profiler cannot run (one is already running, say)."""
+  import tensorflow as tf   # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory(prefix="tfsys_profile_") as logdir:
+    try:
+      tf.profiler.experimental.start(logdir)
+    except Exception as e:   # pylint: disable=broad-except
+      logging.warning("placement: cannot profile the step's parts (%s); the cost model charges "
+                      "every part the step's mean speed", e)
+      return {}
+    try:
+      for _ in range(calls):
+        fn().numpy()
+    finally:
+      tf.profiler.experimental.stop()
+    found = [os.path.join(d, f) for d, _, fs in os.walk(logdir) for f in fs
+             if f.endswith(".xplane.pb")]
+    if not found:
+      return {}
+    with open(found[0], "rb") as f:
+      secs = op_secs_by_part(f.read(), parts)
+  return {p: t / calls for p, t in secs.items()}
+
+
+def part_factors(step_graph, device, measured_secs: float, op_secs: dict) -> tuple:
+  """((part, factor), ...) for Device.part_scale: the measured step shared among the parts as
+  the profile shares their ops' time (what no part's scope holds: the loss's sum, the clipping,
+  the update's unplaced ops, spread in proportion), over each part's FLOPs' time at the
+  device's matmul speed (its ops' launch cost counted apart)."""
+  attributed = sum(t for p, t in op_secs.items() if p)
+  if not attributed:
+    return ()
+  flops, launch = {}, {}
+  for n in step_graph.nodes:
+    flops[n.part] = flops.get(n.part, 0.0) + n.flops / (device.gflops * 1e9)
+    launch[n.part] = launch.get(n.part, 0.0) + n.ops * device.launch_secs
+  out = []
+  for part, secs in flops.items():
+    if op_secs.get(part, 0.0) <= 0.0 or secs <= 0.0:
+      continue
+    share = measured_secs * op_secs[part] / attributed
+    out.append((part, max(share - launch[part], 0.1 * share) / secs))
+  return tuple(out)
 
 
 def calibrate(config, vocab_size: int, devices, replicas: int = 1, seconds: float = 3.0):
   """devices with their speeds scaled so that the cost model predicts the measured step of the
-  whole model on one device of each kind, and, for logical CPUs sharing the host's cores, the
-  pool's speed taken from two such steps run at once on two of them.
+  whole model on one device of each kind, each part's share of it as a profile of that step
+  shares it (Device.part_scale), and, for logical CPUs sharing the host's cores, the
+  pool's speed taken from two such steps run at once (no more than one device's where the
+  process's intra-op threads already use every core).
 
   A matmul's speed alone overrates a device on a real step (the recurrence's many small ops,
   the element-wise work, the executor's overheads; measured here: the word LM predicted 27%
   under its step on one logical CPU), and how well two logical CPUs overlap depends on the ops
   they run (matmul chains here overlapped 1.0-1.6x from run to run); the step itself is the
   figure that counts. The one-device plan is then the calibration point; every other plan is
-  predicted from it."""
+  predicted from it. One speed for the whole step is not enough, though: the softmax's large
+  matmul runs near the device's peak and the LSTMs' small recurrent ones far below it (issue
+  16's bench: every pipelined plan predicted 13-25% slower than it ran, because the parts
+  looked less balanced than they were), so each part gets its own factor from a profile of
+  the same step (two calls under TensorFlow's profiler, each op's time credited to its part's
+  name scope)."""
+  import tensorflow as tf   # pylint: disable=import-outside-toplevel
   from tfsys.placement import auto, graph as graph_lib   # pylint: disable=import-outside-toplevel
   step_graph = graph_lib.config_graph(config, vocab_size, replicas=replicas)
   parts = list(step_graph.parts)
+  devices = list(devices)
   out, by_kind = list(devices), {}
   for k, d in enumerate(devices):
     by_kind.setdefault(d.kind, []).append(k)
-  budget = seconds / (2 * len(by_kind) + 1)   # per timed function, after its trace
+  budget = seconds / (2 * len(by_kind) + 2)   # per timed function, after its trace
+  # Logical CPUs share the process's intra-op threads: where one device's ops already use every
+  # core, a second device adds no compute (bench/placement.py: with TensorFlow's own threads
+  # every split over two logical CPUs ran 5-15% slower than the step on one).
+  threads = tf.config.threading.get_intra_op_parallelism_threads() or _cores()
+  headroom = max(1, _cores() // threads)
   for kind, members in by_kind.items():
     first = devices[members[0]]
     one = {p: (first.name,) for p in parts}
-    pair = kind == "CPU" and len(members) > 1 and first.pool
-    assignments = [one] + ([{p: (devices[members[1]].name,) for p in parts}] if pair else [])
-    timers = step_timers(config, vocab_size, assignments, replicas)
-    measured = _median_secs(timers[0], budget)
+    timer = step_timer(config, vocab_size, one, replicas)
+    measured = _median_secs(timer, budget)
+    factors = part_factors(step_graph, first, measured, profile_parts(timer, parts))
+    for k in members:
+      devices[k] = dataclasses.replace(devices[k], part_scale=factors)
     predicted = auto.predict(step_graph, one, devices, check_memory=False).step_secs
     scale = predicted / measured   # < 1: the device is slower on the step than on a matmul
     for k in members:
-      out[k] = dataclasses.replace(devices[k], gflops=devices[k].gflops * scale,
-                                   launch_secs=devices[k].launch_secs / scale,
+      # Logical CPUs of one pool are the same cores: the calibrated device's figures for all
+      # (their matmul chains differ only by the machine's noise, which would make the placer
+      # prefer one of them for nothing).
+      like = first if devices[k].pool and devices[k].pool == first.pool else devices[k]
+      out[k] = dataclasses.replace(devices[k], gflops=like.gflops * scale,
+                                   launch_secs=like.launch_secs / scale,
                                    pool_gflops=devices[k].pool_gflops * scale)
-    if pair:
-      together = _median_secs(timers[1], budget)
-      pool = 2 * measured / together * out[members[0]].gflops   # the pair's speed in all
+    if kind == "CPU" and len(members) > 1 and first.pool:
+      # The pool: two such steps at once (which logical CPU runs them does not matter: they
+      # share the same threads), at most `headroom` devices' worth.
+      pair = min(measured * _together_rate(timer, 2, 2 * budget, measured / 2),
+                 float(min(headroom, 2)))
       for k in members:
-        out[k] = dataclasses.replace(out[k], pool_gflops=pool * len(members) / 2)
+        out[k] = dataclasses.replace(out[k], pool_gflops=out[members[0]].gflops * pair
+                                     * len(members) / 2)
   return out

@@ -64,7 +64,10 @@ def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devic
   """The auto placer's plan (auto.py) for one replica of config on `available` devices: the
   cost model's figures measured on them (measure.py, ~2 s + a calibration run of the real step)
   unless `devices` describes them; the best over chunk_choices (a plan with more chunks must be
-  predicted auto.MIN_GAIN faster: each chunk adds ops the model does not see whole)."""
+  predicted auto.MIN_GAIN faster: each chunk adds ops the model does not see whole). Unless the
+  best is predicted auto.UNPLACED_GAIN faster than the whole step on the host's own device,
+  the plan is that one, `unplaced`: the run places nothing (where placement cannot help, the
+  placer does nothing)."""
   import time
   from tfsys.placement import auto, graph, measure
   t0 = time.perf_counter()
@@ -78,8 +81,35 @@ def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devic
     plan.chunks = k
     if best is None or plan.step_secs < best.step_secs * (1 - auto.MIN_GAIN):
       best = plan
+  home = auto.home_device(devices)
+  whole = graph.config_graph(config, vocab_size, replicas=replicas)
+  try:
+    stay = auto.predict(whole, {p: home.name for p in whole.parts}, devices, links)
+  except auto.PlacementError:   # the model does not fit on one device: it must be placed
+    stay = None
+  if stay is not None and not best.step_secs < stay.step_secs * (1 - auto.UNPLACED_GAIN):
+    stay.chosen = (f"unplaced: the best plan, {1e3 * best.step_secs:.1f} ms in {best.chunks} "
+                   f"chunk{'s' if best.chunks > 1 else ''} ({best.chosen}), is not "
+                   f"{auto.UNPLACED_GAIN:.0%} faster than the whole step on {home.name}")
+    stay.candidates, stay.unplaced = best.candidates, True
+    best = stay
   best.placer_secs = time.perf_counter() - t0
   return best
+
+
+def described_devices(config, available: list) -> tuple:
+  """(devices, links) that placement.devices describes (auto.parse_devices, the links
+  auto.default_links' assumptions), each a device this host has; (None, None) to measure them."""
+  from tfsys.placement import auto
+  text = config.placement.get("devices", "")
+  if not text.strip():
+    return None, None
+  devices = auto.parse_devices(text)
+  missing = [d.name for d in devices if d.name not in available]
+  if missing:
+    raise UserError(f"--config.placement.devices describes {', '.join(missing)}, which this host "
+                    f"does not have; its devices: {', '.join(available)}")
+  return devices, auto.default_links()
 
 
 def check_memory(config, vocab_size: int, assignment: dict, available: list,
@@ -96,7 +126,7 @@ def agree(strategy, assignment: dict, available: list, chunks: int = 1) -> tuple
   measures its own devices, and two plans that split a table differently would make their
   gradient lists differ, which an all-reduce cannot take (and the workers' steps would be cut
   differently). One all-reduce of the plan as a bitmask of devices per part and the chunk
-  count (worker 0's; the others add zeros)."""
+  count (worker 0's; the others add zeros); chunks 0: the plan places nothing (unplaced)."""
   import numpy as np
   parts = list(assignment)
   mine = np.array([sum(1 << available.index(d) for d in assignment[p]) for p in parts]
@@ -131,6 +161,7 @@ def record(config, assignment: dict, available: list, specs, plan=None) -> dict:
     parts[spec.part]["parameters"] += n
     parts[spec.part]["bytes"] += n * spec.dtype.size
   out = {"mode": mode(config), "rules": config.placement.rules,
+         "unplaced": bool(plan is not None and plan.unplaced),
          "default": config.placement.default,
          "chunks": plan.chunks if plan is not None else chunks(config),
          "devices": list(available), "parts": parts}
@@ -148,6 +179,9 @@ def table(record: dict) -> str:
                 f"{p['bytes'] / 2**20:.2f} |")
   if "predicted_step_secs" in record:
     rows += ["", f"predicted step time {1000 * record['predicted_step_secs']:.1f} ms"]
+  if record.get("unplaced"):
+    rows += ["", "nothing placed: no plan was predicted enough faster than the step whole on "
+             "the host's device (" + record["plan"]["chosen"] + ")"]
   return "\n".join(rows)
 
 

@@ -1,7 +1,8 @@
 """Devices, the links between them, the simulation of a step, and earliest-finish placement.
 
 The cost model (the TensorFlow whitepaper's, arXiv:1603.04467 §3.2.1): a node takes
-`ops x launch_secs + flops / GFLOP/s` on a device, and its output reaches another device after
+`ops x launch_secs + part factor x flops / GFLOP/s` on a device (the factor its part's measured
+speed there against the device's matmul speed, Device.part_scale), and its output reaches another device after
 `latency + bytes / bandwidth`. The simulation of a step is an event simulation: each device is
 one server running one node at a time, highest priority first (the longest remaining path to the
 end, HEFT's "upward rank", Topcuoglu et al. 2002); a node starts once the outputs it waits for
@@ -36,9 +37,14 @@ class Device:
   launch_secs: float = 1e-6   # dispatch cost of one op
   pool: str = ""         # devices sharing compute (logical CPUs of one host)
   pool_gflops: float = 0.0    # what the pool runs in all when all its members are busy
+  # ((part, factor), ...): how much longer than its FLOPs at `gflops` a part's computation takes
+  # on this device (measure.calibrate: a profiled step; the LSTM's small recurrent matmuls run
+  # well below the speed of the softmax's large one); 1 for a part not listed
+  part_scale: tuple = ()
 
-  def secs(self, flops: float, ops: int = 1) -> float:
-    return ops * self.launch_secs + flops / (self.gflops * GB)
+  def secs(self, flops: float, ops: int = 1, part: str = "") -> float:
+    factor = dict(self.part_scale).get(part, 1.0) if self.part_scale else 1.0
+    return ops * self.launch_secs + factor * flops / (self.gflops * GB)
 
 
 def canonical(name: str) -> str:
@@ -139,7 +145,7 @@ def simulate(graph, assignment: dict, devices, links: Links) -> Prediction:
     for s, d in enumerate(locs[i]):
       task_of[i, s] = len(tasks)
       tasks.append((i, s, d))
-      work.append(devices[d].secs(n.flops / len(locs[i]), n.ops))
+      work.append(devices[d].secs(n.flops / len(locs[i]), n.ops, n.part))
   missing = [0] * len(tasks)
   local_waiters = [[] for _ in tasks]   # same part: shard s waits for the dep's shard s
   remote_waiters, dests = {}, [set() for _ in nodes]
@@ -279,7 +285,7 @@ def mean_ranks(graph, devices, links: Links) -> list:
       if graph.nodes[m].part != n.part and pairs:
         comm = sum(links.secs(a, b, n.out_bytes) for a, b in pairs) / len(pairs)
       after = max(after, comm + rank[m])
-    rank[i] = sum(d.secs(n.flops, n.ops) for d in devices) / len(devices) + after
+    rank[i] = sum(d.secs(n.flops, n.ops, n.part) for d in devices) / len(devices) + after
   return rank
 
 
@@ -346,5 +352,5 @@ def _estimate(graph, devices, links, i, opt, loc, fin, arrived, dev_free, chan_f
                                                  piece_bytes(graph.nodes[p], len(loc[p])))
           sends[key] = (t, channel, t)
         ready = max(ready, t)
-    ends.append(max(ready, dev_free[d]) + devices[d].secs(n.flops / len(opt), n.ops))
+    ends.append(max(ready, dev_free[d]) + devices[d].secs(n.flops / len(opt), n.ops, n.part))
   return max(ends), ends, sends

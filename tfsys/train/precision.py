@@ -14,11 +14,11 @@ Evaluation, sampling and exports compute in float32 whatever a run trained with.
 import tensorflow as tf
 from absl import logging
 
+from tfsys.distribute.backends import PS_BACKENDS
 from tfsys.errors import UserError
 
 PRECISIONS = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 ALLREDUCE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16}
-PS_BACKENDS = ("sync_backup", "async_ps")
 
 
 def compute_dtype(config) -> tf.DType:

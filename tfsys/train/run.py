@@ -168,17 +168,24 @@ class Run:
         raise UserError(f"--config.placement.mode=auto is not available under {backend.ps.kind}"
                         " (its chief and workers would each measure and place on their own): "
                         "print a plan with scripts/place.py and give it as placement.rules")
-      plan = placer.auto_plan(config, len(self.vocab), available, backend.replicas)
+      devices, links = placer.described_devices(config, available)
+      plan = placer.auto_plan(config, len(self.vocab),
+                              [d.name for d in devices] if devices else available,
+                              backend.replicas, devices, links)
       logging.info("[%s] the auto placer's plan:\n%s", backend.task_name, plan.table())
       assignment = plan.device_tuples()
       if cluster is not None:
-        assignment, plan.chunks = placer.agree(backend.strategy, assignment, available,
-                                               plan.chunks)
+        assignment, chunks = placer.agree(backend.strategy, assignment, available,
+                                          0 if plan.unplaced else plan.chunks)
+        plan.unplaced, plan.chunks = chunks == 0, max(chunks, 1)
     else:
       assignment = placer.assignment(config, parts, available)
       placer.check_memory(config, len(self.vocab), assignment, available, backend.replicas)
     record = placer.record(config, assignment, available,
                            models.variable_specs(config.model, len(self.vocab)), plan)
+    if plan is not None and plan.unplaced:   # placement cannot help: nothing placed
+      logging.info("[%s] placement: none (%s)", backend.task_name, plan.chosen)
+      return WholeVariables(), record
     logging.info("[%s] placement: %s", backend.task_name,
                  ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
     chunks = plan.chunks if plan is not None else placer.chunks(config)
