@@ -136,7 +136,7 @@ def worker_default(model: str, steps: int) -> dict:
   words = [f"w{i}" for i in range(VOCAB)]
   c = config(model)
   devices, links = measure.measure_devices(["CPU:0"])
-  devices = measure.calibrate(c, VOCAB, devices, seconds=2.0)
+  devices = measure.calibrate(c, VOCAB, devices, seconds=3.0)
   from models.lstm_lm import parts
   one = {p: ("CPU:0",) for p in parts(c.model)}
   measured = time_plans(model, words, {"default": (None, 1)}, steps)["default"]
@@ -160,7 +160,7 @@ def worker_split(model: str, steps: int, manual: bool = True) -> dict:
   # d: the auto placer, its measurement included, over the chunkings it may choose.
   t0 = time.perf_counter()
   devices, links = measure.measure_devices(["CPU:0", "CPU:1"], seconds=2.0)
-  devices = measure.calibrate(c, VOCAB, devices, seconds=2.0)
+  devices = measure.calibrate(c, VOCAB, devices, seconds=3.0)
   # (what training runs: placer.auto_plan, here given the figures measured as it measures them)
   plan = placer.auto_plan(c, VOCAB, ["CPU:0", "CPU:1"], devices=devices, links=links)
   placer_secs, chunks = time.perf_counter() - t0, plan.chunks

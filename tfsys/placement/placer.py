@@ -73,7 +73,7 @@ def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devic
   t0 = time.perf_counter()
   if devices is None:
     devices, links = measure.measure_devices(available, seconds=2.0)
-    devices = measure.calibrate(config, vocab_size, devices, replicas, seconds=2.0)
+    devices = measure.calibrate(config, vocab_size, devices, replicas, seconds=3.0)
   best = None
   for k in chunk_choices(config):
     plan = auto.place(graph.config_graph(config, vocab_size, chunks=k, replicas=replicas),
