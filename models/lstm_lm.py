@@ -20,6 +20,7 @@ from models.layers.char_cnn import HIGHWAY_GATE_BIAS, char_cnn, char_cnn_shapes
 from models.layers.lstm import FORGET_BIAS, lstmp_layer, lstmp_shapes
 from models.layers.softmax import sampled_softmax_loss, sparse_softmax_cross_entropy
 from models import sharded
+from models.interface import traced_as_written
 from models.variables import VariableSpec, WholeVariables, constant, create_all, uniform
 from tfsys.data import chars
 
@@ -102,6 +103,7 @@ def num_parameters(config, vocab_size: int) -> int:
   return sum(int(np.prod(s)) for s in variable_shapes(config, vocab_size).values())
 
 
+@traced_as_written
 class LanguageModel(tf.Module):
   """A stateful LSTM LM over word ids; char-CNN models also embed any word from its bytes."""
 

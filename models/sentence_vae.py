@@ -35,6 +35,7 @@ import tensorflow_probability as tfp
 from models.layers import stateless
 from models.layers.lstm import lstmp_cell, lstmp_layer, lstmp_shapes
 from models.layers.sampling import next_ids
+from models.interface import traced_as_written
 from models.variables import VariableSpec, constant, create_all, uniform
 from tfsys.errors import UserError
 
@@ -130,6 +131,7 @@ def variable_specs(config, vocab_size: int, seed: int = 0) -> list:
   return specs
 
 
+@traced_as_written
 class SentenceVAE(tf.Module):
   """Sentence VAE (latent_dim > 0) or RNNLM (latent_dim = 0) over whole sentences."""
 

@@ -174,16 +174,20 @@ def test_place_prints_the_billion_word_plan_for_a_described_cluster_and_refuses_
   assert "Traceback" not in refused
 
 
-def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
-  # The devices described (placement.devices), not measured: the plan is the cost model's
-  # alone, the same on every machine. Two slow devices: pipelining the layers pays.
-  workdir = str(tmp_path / "run")
+def _train_auto(workdir: str, devices: str) -> tuple:
+  """A 2-step auto-placed run on described devices (placement.devices, not measured: the plan
+  is the cost model's alone, the same on every machine): its output and placement.json."""
   out = _script("scripts/train.py", "--config=configs/ptb_word_lstm.py:smoke",
                 f"--workdir={workdir}", "--config.placement.mode=auto",
-                "--config.placement.devices=CPU:0=4GiB@1,CPU:1=4GiB@1",
+                f"--config.placement.devices={devices}",
                 "--config.train.num_steps=2", "--config.eval.max_tokens=100")
+  return out, json.load(open(os.path.join(workdir, "placement.json")))
+
+
+def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
+  # Two slow devices: pipelining the layers pays.
+  out, plan = _train_auto(str(tmp_path / "run"), "CPU:0=4GiB@1,CPU:1=4GiB@1")
   assert "the auto placer's plan" in out and "predicted step" in out
-  plan = json.load(open(os.path.join(workdir, "placement.json")))
   assert plan["mode"] == "auto" and plan["devices"] == ["CPU:0", "CPU:1"]
   assert plan["predicted_step_secs"] > 0
   # the chunks of the unroll: the placer's choice among chunk_choices, recorded with the plan
@@ -197,11 +201,7 @@ def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
 
 def test_auto_placement_places_nothing_where_no_plan_is_predicted_faster(tmp_path):
   workdir = str(tmp_path / "run")
-  out = _script("scripts/train.py", "--config=configs/ptb_word_lstm.py:smoke",
-                f"--workdir={workdir}", "--config.placement.mode=auto",
-                "--config.placement.devices=CPU:0=4GiB@1",
-                "--config.train.num_steps=2", "--config.eval.max_tokens=100")
-  plan = json.load(open(os.path.join(workdir, "placement.json")))
+  out, plan = _train_auto(workdir, "CPU:0=4GiB@1")
   assert plan["unplaced"] and plan["plan"]["unplaced"] and plan["chunks"] == 1
   assert "placement: none (unplaced: " in out and "nothing is placed" in out
   assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 2

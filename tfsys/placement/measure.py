@@ -42,7 +42,9 @@ def _median_secs(fn, budget: float, runs: int = 3, most: int = 50, fastest=False
     times.append(time.perf_counter() - t0)
   if fastest:
     return min(times)
-  return sorted(times)[int(quantile * (len(times) - 1))] if quantile != 0.5 else statistics.median(times)
+  if quantile == 0.5:
+    return statistics.median(times)
+  return sorted(times)[int(quantile * (len(times) - 1))]
 
 
 def _host_available_bytes() -> int:
@@ -254,7 +256,8 @@ def op_secs_by_part(xspace_bytes: bytes, parts) -> dict:
   the host: each op's wall time credited to the first part its name's scopes name (on_device's
   `part`, `part_grad`, TensorFlow's uniquified `part_1`; the tape's `gradient_tape/part/...`).
   Events are the executor threads' (`tf_Compute...` lines), named "op name:op type"."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2   # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
   scope = re.compile("(" + "|".join(re.escape(p) for p in parts) + r")(?:_\d+)?(?:_grad)?(?:_\d+)?")
   space = xplane_pb2.XSpace()
   space.ParseFromString(xspace_bytes)

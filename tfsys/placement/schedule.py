@@ -2,8 +2,8 @@
 
 The cost model (the TensorFlow whitepaper's, arXiv:1603.04467 §3.2.1): a node takes
 `ops x launch_secs + part factor x flops / GFLOP/s` on a device (the factor its part's measured
-speed there against the device's matmul speed, Device.part_scale), and its output reaches another device after
-`latency + bytes / bandwidth`. The simulation of a step is an event simulation: each device is
+speed there against the device's matmul speed, Device.part_scale), and its output reaches
+another device after `latency + bytes / bandwidth`. The simulation of a step is an event simulation: each device is
 one server running one node at a time, highest priority first (the longest remaining path to the
 end, HEFT's "upward rank", Topcuoglu et al. 2002); a node starts once the outputs it waits for
 have arrived; each directed link is its own serial channel, and transfers overlap compute.
