@@ -94,4 +94,3 @@ def traced_as_written(cls):
     if inspect.isfunction(member) and not name.startswith("__"):
       setattr(cls, name, tf.autograph.experimental.do_not_convert(member))
   return cls
-

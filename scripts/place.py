@@ -4,15 +4,17 @@
   --config.placement.rules="lstm0=..."  the rules' plan, with the cost model's predictions
 
 By default the devices are this machine's (its GPUs, or --config.distribute.num_logical_cpus
-logical CPUs), measured for the cost model in about 2 seconds. --devices describes devices this
-machine need not have, and nothing is allocated: the plan comes from shapes and the cost model,
+logical CPUs), measured for the cost model in about 2 seconds (auto: then calibrated on the
+real step, as training does: seconds more). --devices (or --config.placement.devices) describes
+devices this machine need not have, and nothing is allocated: the plan comes from shapes and
+the cost model,
 
   python scripts/place.py --config=configs/lm1b_big_lstm_cnn.py --vocab_size=793471 \\
       --config.placement.mode=auto --devices="CPU:0=64GiB@100,GPU:0=16GiB@15000,GPU:1=16GiB@15000"
 
 (NAME=MEMORY@GFLOP/s per device; links: tfsys/placement/schedule.py's default_links). The plan
 ends with the rules that give it (--config.placement.rules=...), e.g. for the ps backends,
-where the auto placer does not run.
+where the auto placer does not run; or, where the auto placer would place nothing, says so.
 """
 from tfsys import cli  # first: sets TensorFlow's log level
 
@@ -55,14 +57,18 @@ def main(argv):
                     "(this config places nothing)")
   parts = placer.parts(models.kind(config.model), config.model)
   size = vocab_size(config)
-  if _DEVICES.value:
-    devices, links = auto.parse_devices(_DEVICES.value), None
+  described = _DEVICES.value or config.placement.get("devices", "")
+  if described:
+    devices, links = auto.parse_devices(
+        described, "--devices" if _DEVICES.value else "--config.placement.devices"), None
+    names = [d.name for d in devices]
   else:
     from tfsys.distribute.backends import make_backend
     make_backend(config.distribute, placed=True)   # this machine's devices, as training has them
     from tfsys.placement import measure
-    devices, links = measure.measure_devices(placer.local_devices())
-  names = [d.name for d in devices]
+    names = placer.local_devices()
+    # auto: measured and calibrated on the real step, as training does (auto_plan)
+    devices, links = (None, None) if mode == "auto" else measure.measure_devices(names)
   if mode == "auto":
     plan = placer.auto_plan(config, size, names, _REPLICAS.value, devices, links)
   else:
@@ -74,6 +80,9 @@ def main(argv):
   print(f"{config.model.name}: vocabulary {size:,}, {mode} placement on "
         f"{', '.join(names)}\n")
   print(plan.table())
+  if plan.unplaced:
+    print("\nnothing to place: run it unplaced (--config.placement.mode=none)")
+    return
   given = rules.as_text(plan.device_tuples())
   print(f"\nas rules: --config.placement.rules=\"{given}\" "
         f"--config.placement.chunks={plan.chunks}")

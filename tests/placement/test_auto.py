@@ -305,6 +305,17 @@ def test_measure_devices_gives_positive_figures():
   assert cpu.launch_secs > 0 and isinstance(links, Links)
 
 
+def test_calibration_gives_every_part_of_a_real_step_its_factor():
+  # A real step under TensorFlow's profiler: its ops' names still say whose they are.
+  from tfsys.placement.measure import calibrate, measure_devices
+  config = configs.ptb_word_lstm.get_config("smoke")
+  devices, _ = measure_devices(["CPU:0"], seconds=0.3)
+  (cpu,) = calibrate(config, 200, devices, seconds=0.5)
+  factors = dict(cpu.part_scale)
+  assert {"lstm0", "lstm1", "softmax"} <= set(factors) and min(factors.values()) > 0
+  assert cpu.gflops > 0
+
+
 def test_the_auto_placer_picks_the_chunks_of_the_unroll():
   from tfsys.placement import placer
   config = configs.ptb_word_lstm.get_config()                 # unroll 35
@@ -329,6 +340,7 @@ def test_the_auto_placer_picks_the_chunks_of_the_unroll():
   assert two.chunks in (5, 7) and len({d for p in two.device_tuples().values() for d in p}) == 2
   assert two.step_secs < one.step_secs
   assert one.unplaced and one.chosen.startswith("unplaced") and not two.unplaced
+  assert "ms in 1 chunk (" in one.chosen   # the best plan it weighed: the unroll whole too
 
 
 def test_the_auto_placer_places_nothing_unless_placing_is_predicted_well_faster():

@@ -199,6 +199,13 @@ def test_auto_placement_trains_and_keeps_its_plan_in_the_workdir(tmp_path):
   assert not plan["unplaced"] and "placement: none" not in out
 
 
+def test_place_says_when_the_auto_placer_would_place_nothing():
+  out = _script("scripts/place.py", "--config=configs/ptb_word_lstm.py", "--vocab_size=10000",
+                "--config.placement.mode=auto", "--devices=CPU:0=4GiB@100")
+  assert "nothing to place: run it unplaced (--config.placement.mode=none)" in out
+  assert "as rules:" not in out
+
+
 def test_auto_placement_places_nothing_where_no_plan_is_predicted_faster(tmp_path):
   workdir = str(tmp_path / "run")
   out, plan = _train_auto(workdir, "CPU:0=4GiB@1")
@@ -210,8 +217,15 @@ def test_auto_placement_places_nothing_where_no_plan_is_predicted_faster(tmp_pat
 def test_described_devices_must_be_the_hosts():
   from configs import ptb_word_lstm
   config = ptb_word_lstm.get_config()
+  config.placement.devices = "CPU:0=4GiB@100"   # without mode=auto: refused
+  with pytest.raises(UserError, match="placement.devices describes the devices for the auto"):
+    placer.mode(config)
+  config.placement.mode = "auto"
+  assert placer.mode(config) == "auto"
+  config = ptb_word_lstm.get_config()
   assert placer.described_devices(config, ["CPU:0"]) == (None, None)
   config.placement.devices = "CPU:0=4GiB@100,GPU:0=16GiB@15000"
+  config.placement.mode = "auto"
   with pytest.raises(UserError, match="describes GPU:0, which this host does not have; its "
                                       "devices: CPU:0, CPU:1"):
     placer.described_devices(config, ["CPU:0", "CPU:1"])

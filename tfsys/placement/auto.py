@@ -356,7 +356,7 @@ _ITEM = re.compile(r"^\s*([^=\s]+)\s*=\s*([0-9.]+)\s*([a-zA-Z]*)\s*@\s*([0-9.eE+
 LAUNCH_SECS = {"CPU": 1e-6, "GPU": 5e-6}
 
 
-def parse_devices(text: str) -> list:
+def parse_devices(text: str, flag: str = "--devices") -> list:
   """Devices described on a command line, for a machine or cluster this one may not be:
 
       CPU:0=64GiB@100,GPU:0=80GiB@60000,GPU:1=80GiB@60000
@@ -371,7 +371,7 @@ def parse_devices(text: str) -> list:
       continue
     m = _ITEM.match(item)
     if not m or m.group(3).lower() not in _UNITS:
-      raise UserError(f"--devices: {item.strip()!r} is not NAME=MEMORY@GFLOPS "
+      raise UserError(f"{flag}: {item.strip()!r} is not NAME=MEMORY@GFLOPS "
                       "(e.g. GPU:0=16GiB@10000)")
     name = canonical(m.group(1))
     try:
@@ -379,12 +379,12 @@ def parse_devices(text: str) -> list:
     except ValueError:
       memory = gflops = -1.0
     if memory <= 0 or not gflops > 0 or math.isinf(gflops):
-      raise UserError(f"--devices: {item.strip()!r} needs a positive memory and GFLOP/s")
+      raise UserError(f"{flag}: {item.strip()!r} needs a positive memory and GFLOP/s")
     if any(d.name == name for d in devices):
-      raise UserError(f"--devices names {name} twice")
+      raise UserError(f"{flag} names {name} twice")
     kind = name.split(":")[0]
     devices.append(Device(name, kind, gflops, int(memory), LAUNCH_SECS.get(kind, 5e-6)))
   if not devices:
-    raise UserError("--devices is empty: describe them as NAME=MEMORY@GFLOPS,... "
+    raise UserError(f"{flag} is empty: describe them as NAME=MEMORY@GFLOPS,... "
                     "(e.g. CPU:0=64GiB@100,GPU:0=16GiB@10000)")
   return devices

@@ -83,9 +83,10 @@ def auto_plan(config, vocab_size: int, available: list, replicas: int = 1, devic
       best = plan
   home = auto.home_device(devices)
   whole = graph.config_graph(config, vocab_size, replicas=replicas)
-  try:
-    stay = auto.predict(whole, {p: home.name for p in whole.parts}, devices, links)
-  except auto.PlacementError:   # the model does not fit on one device: it must be placed
+  try:   # (an unplaced step on a CPU has the host's memory, not one logical CPU's share)
+    stay = auto.predict(whole, {p: home.name for p in whole.parts}, devices, links,
+                        check_memory=home.kind != "CPU")
+  except auto.PlacementError:   # the model does not fit on one GPU: it must be placed
     stay = None
   if stay is not None and not best.step_secs < stay.step_secs * (1 - auto.UNPLACED_GAIN):
     stay.chosen = (f"unplaced: the best plan, {1e3 * best.step_secs:.1f} ms in {best.chunks} "
@@ -104,7 +105,7 @@ def described_devices(config, available: list) -> tuple:
   text = config.placement.get("devices", "")
   if not text.strip():
     return None, None
-  devices = auto.parse_devices(text)
+  devices = auto.parse_devices(text, "--config.placement.devices")
   missing = [d.name for d in devices if d.name not in available]
   if missing:
     raise UserError(f"--config.placement.devices describes {', '.join(missing)}, which this host "

@@ -78,6 +78,9 @@ def mode(placement_config) -> str:
   if m == "rules" and not placement_config.rules.strip():
     raise UserError("--config.placement.mode=rules needs --config.placement.rules "
                     "(e.g. \"lstm0=CPU:1, lstm1=CPU:2\")")
+  if m != "auto" and placement_config.get("devices", "").strip():
+    raise UserError("--config.placement.devices describes the devices for the auto placer; "
+                    "give --config.placement.mode=auto, or leave it empty")
   return m
 
 

@@ -184,7 +184,8 @@ class Run:
     record = placer.record(config, assignment, available,
                            models.variable_specs(config.model, len(self.vocab)), plan)
     if plan is not None and plan.unplaced:   # placement cannot help: nothing placed
-      logging.info("[%s] placement: none (%s)", backend.task_name, plan.chosen)
+      logging.info("[%s] placement: none (%s)", backend.task_name,
+                   plan.chosen if cluster is None else "worker 0's plan places nothing")
       return WholeVariables(), record
     logging.info("[%s] placement: %s", backend.task_name,
                  ", ".join(f"{p} on {'+'.join(d)}" for p, d in assignment.items()))
