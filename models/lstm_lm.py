@@ -221,7 +221,7 @@ class LanguageModel(tf.Module):
           if layer_rate:
             x = (x * tf.cast(mask_in, x.dtype) if mask_in is not None
                  else stateless.dropout(x, layer_rate, stateless.site_seed(seed, layer)))
-          x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias, dtype)
+          x, s = lstmp_layer(x, s, params, c.cell_clip, forget_bias, dtype, backward=training)
           if top and rate:   # the dropout before the softmax
             x = (x * tf.cast(mask_out, x.dtype) if mask_out is not None
                  else stateless.dropout(x, rate, stateless.site_seed(seed, c.num_layers)))

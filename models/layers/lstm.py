@@ -46,19 +46,21 @@ def _float32(x):
 
 
 def lstmp_layer(x, state, params: dict, cell_clip: float = 0.0,
-                forget_bias: float = FORGET_BIAS, compute_dtype=tf.float32):
+                forget_bias: float = FORGET_BIAS, compute_dtype=tf.float32, backward=True):
   """Runs an LSTMP layer over x [B, T, D] from state (c, h) (float32); returns (outputs
-  [B, T, P] in compute_dtype, state in float32)."""
+  [B, T, P] in compute_dtype, state in float32). backward=False (evaluation, serving): the same
+  loop without the gates' pre-activations that only the hand-written gradient needs ([T, B, 4H]
+  kept per layer); a gradient taken anyway is TensorFlow's own."""
   cast = (lambda t: t) if compute_dtype == tf.float32 else (lambda t: tf.cast(t, compute_dtype))
   x_proj = _float32(tf.einsum("btd,dg->tbg", cast(x), cast(params["w_x"]))) + params["b"]
   weights = [cast(params["w_h"])] + ([cast(params["w_p"])] if "w_p" in params else [])
   c0, h0 = state
   hs, c = _recurrence(x_proj, c0, cast(h0), *weights, cell_clip=cell_clip,
-                      forget_bias=forget_bias)
+                      forget_bias=forget_bias, backward=backward)
   return tf.transpose(hs, [1, 0, 2]), (c, _float32(hs[-1]))
 
 
-def _recurrence(x_proj, c0, h0, w_h, w_p=None, *, cell_clip, forget_bias):
+def _recurrence(x_proj, c0, h0, w_h, w_p=None, *, cell_clip, forget_bias, backward=True):
   """The time loop: x_proj [T, B, 4H] (x W_x + b, float32) from (c0, h0) -> (hs [T, B, P],
   c_T), with a hand-written gradient.
 
@@ -75,21 +77,28 @@ def _recurrence(x_proj, c0, h0, w_h, w_p=None, *, cell_clip, forget_bias):
   units = x_proj.shape[-1] // 4
   bias = tf.constant([0.0] * units + [forget_bias] * units + [0.0] * (2 * units), tf.float32)
 
+  def cell(c, h, x_t, w_h, w_p):
+    z = x_t + _float32(tf.matmul(h, w_h))
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    if cell_clip:
+      c = tf.clip_by_value(c, -cell_clip, cell_clip)
+    h = tf.cast(tf.sigmoid(o) * tf.tanh(c), cdt)
+    if w_p is not None:
+      h = tf.matmul(h, w_p)
+    return c, h, z
+
+  if not backward:   # the forget bias folded in as below: the same sums, so the same outputs
+    cs, hs = tf.scan(lambda carry, x_t: cell(*carry, x_t, w_h, w_p)[:2], x_proj + bias,
+                     initializer=(c0, h0))
+    return hs, cs[-1]
+
   @tf.custom_gradient
   def loop(x_proj, c0, h0, *weights):
     w_h, w_p = weights[0], (weights[1] if len(weights) > 1 else None)
 
     def step(carry, x_t):
-      c, h, _ = carry
-      z = x_t + _float32(tf.matmul(h, w_h))
-      i, f, g, o = tf.split(z, 4, axis=-1)
-      c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-      if cell_clip:
-        c = tf.clip_by_value(c, -cell_clip, cell_clip)
-      h = tf.cast(tf.sigmoid(o) * tf.tanh(c), cdt)
-      if w_p is not None:
-        h = tf.matmul(h, w_p)
-      return c, h, z
+      return cell(carry[0], carry[1], x_t, w_h, w_p)
 
     # The forget bias folded into x_proj once, not added at every step.
     zeros = tf.zeros_like(x_proj[0])

@@ -48,6 +48,11 @@ def test_lstmp_matches_reference():
     np.testing.assert_allclose(h.numpy(), wh, rtol=1e-4, atol=1e-5)
     if clip:
       assert np.abs(c.numpy()).max() <= clip + 1e-6
+    # Without the pre-activations the backward keeps (evaluation): the same loop, the same sums.
+    plain, (pc, ph) = lstmp_layer(tf.constant(x), (c0, h0),
+                                  {k: tf.constant(v) for k, v in p.items()}, clip, backward=False)
+    for a, b in ((plain, got), (pc, c), (ph, h)):
+      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_char_cnn_shapes_and_max_pool():
