@@ -30,18 +30,16 @@ SHORT, LONG = 2, 16   # matmuls in the two chains; the slope is one matmul's tim
 MAX_BANDWIDTH = 1e12  # bytes/s: what a copy too fast to time is taken to move
 
 
-def _median_secs(fn, budget: float, runs: int = 3, most: int = 50, fastest=False,
+def _median_secs(fn, budget: float, runs: int = 3, most: int = 50,
                  quantile: float = 0.5) -> float:
   """fn's time: the median of its calls over about `budget` secs (or another quantile of them;
-  fastest: the fastest call)."""
+  0: the fastest call)."""
   fn().numpy()   # traces and warms up
   times, t_end = [], time.perf_counter() + budget
   while len(times) < runs or (len(times) < most and time.perf_counter() < t_end):
     t0 = time.perf_counter()
     fn().numpy()
     times.append(time.perf_counter() - t0)
-  if fastest:
-    return min(times)
   if quantile == 0.5:
     return statistics.median(times)
   return sorted(times)[int(quantile * (len(times) - 1))]
@@ -127,8 +125,8 @@ def measure_devices(device_names, seconds: float = 3.0, shape=(700, 200, 800),
   for name in names:
     dev = "/device:" + name
     # (the fastest call of each: the call's own cost is noisy next to 240 tiny ops)
-    launch = max((_median_secs(tiny(dev, 256), budget, fastest=True)
-                  - _median_secs(tiny(dev, 16), budget, fastest=True)) / 240, 1e-8)
+    launch = max((_median_secs(tiny(dev, 256), budget, quantile=0)
+                  - _median_secs(tiny(dev, 16), budget, quantile=0)) / 240, 1e-8)
     per_matmul = (_median_secs(chain(dev, LONG), budget) - _median_secs(chain(dev, SHORT), budget)
                   ) / (LONG - SHORT)
     gflops = flops / max(per_matmul - launch, per_matmul / 2, 1e-9) / 1e9
@@ -355,7 +353,7 @@ def calibrate(config, vocab_size: int, devices, replicas: int = 1, seconds: floa
   budget = seconds / (2 * len(by_kind) + 2)   # per timed function, after its trace
   # Logical CPUs share the process's intra-op threads: where one device's ops already use every
   # core, a second device adds no compute (bench/placement.py: with TensorFlow's own threads
-  # every split over two logical CPUs ran 5-15% slower than the step on one).
+  # every split over two logical CPUs ran 6-14% slower than the step on one).
   threads = tf.config.threading.get_intra_op_parallelism_threads() or _cores()
   headroom = max(1, _cores() // threads)
   for kind, members in by_kind.items():

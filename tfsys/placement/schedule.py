@@ -42,9 +42,11 @@ class Device:
   # well below the speed of the softmax's large one); 1 for a part not listed
   part_scale: tuple = ()
 
+  def __post_init__(self):   # (the lookup secs() does for every node of every simulation)
+    object.__setattr__(self, "_factors", dict(self.part_scale))
+
   def secs(self, flops: float, ops: int = 1, part: str = "") -> float:
-    factor = dict(self.part_scale).get(part, 1.0) if self.part_scale else 1.0
-    return ops * self.launch_secs + factor * flops / (self.gflops * GB)
+    return ops * self.launch_secs + self._factors.get(part, 1.0) * flops / (self.gflops * GB)
 
 
 def canonical(name: str) -> str:
