@@ -156,3 +156,20 @@ def test_float16_training_skips_overflowing_steps_and_keeps_its_loss_scale(tmp_p
   assert results["step"] == 12 and math.isfinite(results["test_perplexity"])
   reader = tf.train.load_checkpoint(str(tmp_path / "fine" / "checkpoints" / "ckpt-12"))
   assert value("optimizer/iterations") >= 10   # at most a step or two skipped on the way
+
+
+def test_float16_stops_with_one_line_when_its_gradients_stay_not_finite(tmp_path, monkeypatch):
+  """Steps skipped precision.STUCK_SKIPS times in a row (here 3, from a scale that overflows
+  every step) stop the run with one error that names float16, before any of them is saved (the
+  scale it reports is the one after the call of 2 steps: halved 4 times)."""
+  from tfsys.train import precision, train_and_evaluate
+  from tfsys.train.run import NonFiniteLossError
+  c = ptb_word_lstm.get_config("smoke")
+  c.train.precision = "float16"
+  c.train.num_steps, c.train.steps_per_loop, c.eval.max_tokens = 6, 2, 200
+  monkeypatch.setattr(precision.LossScale.__init__, "__defaults__", (2.0 ** 60, 2000))
+  monkeypatch.setattr(precision, "STUCK_SKIPS", 3)
+  with pytest.raises(NonFiniteLossError, match=r"float16: the gradients of the last 3 steps were "
+                     r"not finite .*loss scale now 7\.2\d+e\+16\), at step 3"):
+    train_and_evaluate(c, str(tmp_path / "stuck"))
+  assert tf.train.latest_checkpoint(str(tmp_path / "stuck" / "checkpoints")) is None

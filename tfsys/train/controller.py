@@ -17,7 +17,7 @@ from absl import logging
 
 from tfsys.errors import UserError, exit_now
 from tfsys.monitor import NoiseScale, Throughput, format_duration
-from tfsys.train import workdir as workdir_lib
+from tfsys.train import precision, workdir as workdir_lib
 from tfsys.train.evaluate import perplexity
 from tfsys.train.interrupts import Interrupts
 from tfsys.train.run import DivergedError, NonFiniteLossError
@@ -50,6 +50,7 @@ class Controller:
     self.uniform_loss = math.log(len(run.vocab))
     self._steady = None   # (time, step) at the first progress line: throughput after start-up
     self._losses, self._sums = [], {}
+    self._skips_in_a_row = 0   # float16: steps skipped for gradients that were not finite
     # The profiled steps as configured (the profiler forgets them where it does not trace: a
     # worker that is not the chief), so that every worker cuts its calls the same way.
     self.profile_steps = profiler.steps
@@ -146,6 +147,8 @@ class Controller:
         self.check_loss(float(loss), s.start + i + 1)
     elif len(s.losses):
       self.check_loss(float(np.mean(s.losses)), s.end)
+    if getattr(r, "loss_scale", None) is not None:
+      self._check_skips(s)
     self._losses.extend(float(x) for x in s.losses)
     for k, v in s.metrics.items():
       self._sums[k] = self._sums.get(k, 0.0) + float(np.sum(v))
@@ -234,6 +237,20 @@ class Controller:
           f"({self.r.checkpointer.latest or 'none'}) is kept; lower --config.optim.learning_rate "
           "or set --config.optim.clip_norm and run again")
     self._check_divergence("loss", loss, step)
+
+  def _check_skips(self, s) -> None:
+    """float16: stops the run once precision.STUCK_SKIPS steps in a row were skipped (their
+    all-reduced gradient norm not finite), before anything of them is saved."""
+    for i, norm in enumerate(s.grad_norms):
+      self._skips_in_a_row = 0 if np.isfinite(norm) else self._skips_in_a_row + 1
+      if self._skips_in_a_row >= precision.STUCK_SKIPS:
+        raise NonFiniteLossError(
+            f"train.precision=float16: the gradients of the last {self._skips_in_a_row} steps "
+            f"were not finite (each step skipped; loss scale now "
+            f"{float(self.r.loss_scale.value.numpy()):g}), at step {s.start + i + 1}: an inf or "
+            "NaN that no loss scale removes; stopping. The last good checkpoint "
+            f"({self.r.checkpointer.latest or 'none'}) is kept; train in bfloat16 or float32 "
+            "(--config.train.precision) or lower --config.optim.learning_rate")
 
   def _check_divergence(self, what: str, loss: float, step: int) -> None:
     factor = self.divergence_factor

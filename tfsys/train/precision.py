@@ -91,6 +91,13 @@ def apply(model, config) -> tf.DType:
   return dtype
 
 
+# A float16 run stops after this many skipped steps in a row: halving from any scale up to 2^40
+# reaches the floor of 1 within 40 of them, so at least the last 24 were skipped at loss scale 1,
+# where no scaling overflowed: the gradient itself is inf or NaN, and skipping would go on for
+# ever (the run would log finite losses and train nothing).
+STUCK_SKIPS = 64
+
+
 class LossScale(tf.Module):
   """Dynamic loss scaling for float16 training (Micikevicius et al. 2018, arXiv:1710.03740).
 
