@@ -72,6 +72,19 @@ def test_input_context_shards_rows_of_the_global_batch():
   assert all(p["inputs"].shape == (2, 5) for p in parts)
 
 
+def test_the_stream_says_it_is_infinite_and_reads_on_past_an_epoch():
+  """tf.data.INFINITE_CARDINALITY (so MultiWorkerMirroredStrategy's iterator takes no per-step
+  all-reduce of the workers' has-data flags), whole and sharded; true past the first epoch."""
+  _, s = _stream(n=100, batch=2, unroll=5)
+  ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                   num_replicas_in_sync=2)
+  for ds in (s.dataset(0), s.dataset(0, ctx)):
+    assert ds.cardinality() == tf.data.INFINITE_CARDINALITY
+  assert s.steps_per_epoch == 9
+  resets = [bool(w["reset"]) for w in s.dataset(0).take(3 * s.steps_per_epoch)]
+  assert sum(resets) == 3
+
+
 def test_too_small_corpus():
   with pytest.raises(UserError, match="too small"):
     ArrayStream(np.arange(10, dtype=np.int32), 4, 5, eos_id=0)
