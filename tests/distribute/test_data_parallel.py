@@ -85,13 +85,19 @@ def test_mirrored_float16_trains_with_its_loss_scale(tmp_path):
 
 
 def test_two_worker_processes_match_single_and_only_the_chief_writes(single_losses, tmp_path):
+  """Four steps per call (a progress line, the mean loss of its four steps, every call), with
+  the gradient noise scale (two replicas) in its rows."""
   workdir = str(tmp_path / "run")
-  out = _run(_launch(2, *STEPS, f"--workdir={workdir}"))
+  out = _run(_launch(2, *STEPS, f"--workdir={workdir}", "--config.train.steps_per_loop=4",
+                     "--config.train.log_every=4"))
   for task in ("worker0", "worker1"):      # both trained, each under its own prefix and log
     assert f"[{task}]" in out
     log = open(os.path.join(workdir, "logs", f"{task}.log")).read()
     assert "step 12/12" in log and "test perplexity" in log
-  np.testing.assert_allclose(_scalars(workdir, "train/loss"), single_losses, rtol=2e-4)
+  np.testing.assert_allclose(_scalars(workdir, "train/loss"),
+                             single_losses.reshape(3, 4).mean(axis=1), rtol=2e-4)
+  noise = _scalars(workdir, "noise/b_simple")      # every 10 steps with 2 replicas
+  assert len(noise) == 1 and np.isfinite(noise).all()
   assert len(glob.glob(os.path.join(workdir, "train", "events.*"))) == 1   # the chief's only
   assert os.path.isfile(os.path.join(workdir, "checkpoints", "ckpt-12.index"))
   assert not glob.glob(os.path.join(workdir, "tmp_*"))    # other workers' scratch removed
