@@ -160,16 +160,31 @@ def test_float16_training_skips_overflowing_steps_and_keeps_its_loss_scale(tmp_p
 
 def test_float16_stops_with_one_line_when_its_gradients_stay_not_finite(tmp_path, monkeypatch):
   """Steps skipped precision.STUCK_SKIPS times in a row (here 3, from a scale that overflows
-  every step) stop the run with one error that names float16, before any of them is saved (the
-  scale it reports is the one after the call of 2 steps: halved 4 times)."""
+  every step) with the loss scale at its floor (here 2^58) stop the run with one error that
+  names float16, before any of them is saved: the call of steps 3-4 ends the streak, before
+  step 4's checkpoint."""
   from tfsys.train import precision, train_and_evaluate
   from tfsys.train.run import NonFiniteLossError
   c = ptb_word_lstm.get_config("smoke")
   c.train.precision = "float16"
-  c.train.num_steps, c.train.steps_per_loop, c.eval.max_tokens = 6, 2, 200
+  c.train.num_steps, c.train.steps_per_loop, c.train.checkpoint_every = 8, 2, 4
+  c.eval.max_tokens = 200
   monkeypatch.setattr(precision.LossScale.__init__, "__defaults__", (2.0 ** 60, 2000))
+  monkeypatch.setattr(precision.LossScale, "floor", 2.0 ** 58)
   monkeypatch.setattr(precision, "STUCK_SKIPS", 3)
-  with pytest.raises(NonFiniteLossError, match=r"float16: the gradients of the last 3 steps were "
-                     r"not finite .*loss scale now 7\.2\d+e\+16\), at step 3"):
+  with pytest.raises(NonFiniteLossError, match=r"float16: the gradients of the last 4 steps "
+                     r"\(to step 4\) were not finite, each step skipped, and the loss scale is "
+                     r"at its floor \(2\.88\d*e\+17\)"):
     train_and_evaluate(c, str(tmp_path / "stuck"))
   assert tf.train.latest_checkpoint(str(tmp_path / "stuck" / "checkpoints")) is None
+
+
+def test_float16_does_not_stop_while_its_loss_scale_can_still_halve(tmp_path, monkeypatch):
+  """The same skips above the floor (1, by default) are the scale's to fix: the run goes on."""
+  from tfsys.train import precision, train_and_evaluate
+  c = ptb_word_lstm.get_config("smoke")
+  c.train.precision = "float16"
+  c.train.num_steps, c.train.steps_per_loop, c.eval.max_tokens = 4, 2, 200
+  monkeypatch.setattr(precision.LossScale.__init__, "__defaults__", (2.0 ** 60, 2000))
+  monkeypatch.setattr(precision, "STUCK_SKIPS", 3)
+  assert train_and_evaluate(c, str(tmp_path / "halving"))["step"] == 4

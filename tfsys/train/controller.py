@@ -4,8 +4,8 @@ An executor (executor.py) runs steps; the controller asks it for as many as ther
 next duty (a progress line, an evaluation, a checkpoint, a histogram, the end), at most
 `max_steps_per_call` at a time, and does the duty at exactly that step. It also owns what every
 backend reports alike: the stop on a non-finite or diverged loss (checked on every step before
-anything of it is saved), the gradient noise scale, the save on Ctrl-C and SIGTERM, the final
-validation, test and results.json.
+anything of it is saved) and on float16 gradients that stay not finite, the gradient noise
+scale, the save on Ctrl-C and SIGTERM, the final validation, test and results.json.
 """
 import math
 import os
@@ -147,7 +147,7 @@ class Controller:
         self.check_loss(float(loss), s.start + i + 1)
     elif len(s.losses):
       self.check_loss(float(np.mean(s.losses)), s.end)
-    if getattr(r, "loss_scale", None) is not None:
+    if r.loss_scale is not None:
       self._check_skips(s)
     self._losses.extend(float(x) for x in s.losses)
     for k, v in s.metrics.items():
@@ -239,18 +239,20 @@ class Controller:
     self._check_divergence("loss", loss, step)
 
   def _check_skips(self, s) -> None:
-    """float16: stops the run once precision.STUCK_SKIPS steps in a row were skipped (their
-    all-reduced gradient norm not finite), before anything of them is saved."""
-    for i, norm in enumerate(s.grad_norms):
+    """float16: stops the run once the last precision.STUCK_SKIPS steps or more were skipped
+    (their all-reduced gradient norm not finite) and the loss scale is at its floor, before
+    anything of them is saved."""
+    for norm in s.grad_norms:
       self._skips_in_a_row = 0 if np.isfinite(norm) else self._skips_in_a_row + 1
-      if self._skips_in_a_row >= precision.STUCK_SKIPS:
-        raise NonFiniteLossError(
-            f"train.precision=float16: the gradients of the last {self._skips_in_a_row} steps "
-            f"were not finite (each step skipped; loss scale now "
-            f"{float(self.r.loss_scale.value.numpy()):g}), at step {s.start + i + 1}: an inf or "
-            "NaN that no loss scale removes; stopping. The last good checkpoint "
-            f"({self.r.checkpointer.latest or 'none'}) is kept; train in bfloat16 or float32 "
-            "(--config.train.precision) or lower --config.optim.learning_rate")
+    scale = self.r.loss_scale
+    if (self._skips_in_a_row >= precision.STUCK_SKIPS
+        and float(scale.value.numpy()) <= scale.floor):
+      raise NonFiniteLossError(
+          f"train.precision=float16: the gradients of the last {self._skips_in_a_row} steps "
+          f"(to step {s.end}) were not finite, each step skipped, and the loss scale is at its "
+          f"floor ({scale.floor:g}): an inf or NaN that no loss scale removes; stopping. The "
+          f"last good checkpoint ({self.r.checkpointer.latest or 'none'}) is kept; train in "
+          "bfloat16 or float32 (--config.train.precision) or lower --config.optim.learning_rate")
 
   def _check_divergence(self, what: str, loss: float, step: int) -> None:
     factor = self.divergence_factor

@@ -91,10 +91,10 @@ def apply(model, config) -> tf.DType:
   return dtype
 
 
-# A float16 run stops after this many skipped steps in a row: halving from any scale up to 2^40
-# reaches the floor of 1 within 40 of them, so at least the last 24 were skipped at loss scale 1,
-# where no scaling overflowed: the gradient itself is inf or NaN, and skipping would go on for
-# ever (the run would log finite losses and train nothing).
+# A float16 run stops once this many steps in a row were skipped and the loss scale is at its
+# floor (LossScale.floor): halving from any scale up to 2^40 reaches 1 within 40 of them, so the
+# last of them were skipped where no scaling overflowed: the gradient itself is inf or NaN, and
+# skipping would go on for ever (the run would log finite losses and train nothing).
 STUCK_SKIPS = 64
 
 
@@ -109,6 +109,8 @@ class LossScale(tf.Module):
   LossScaleOptimizer does. Its variables are checkpointed, so a resumed run goes on with the
   same scale. bfloat16 needs none of this: it has float32's range.
   """
+
+  floor = 1.0   # the scale never halves below this
 
   def __init__(self, initial: float = 2.0 ** 15, period: int = 2000):
     super().__init__(name="loss_scale")
@@ -135,7 +137,7 @@ class LossScale(tf.Module):
     doubled = self.value * 2.0
     grow = grow & tf.math.is_finite(doubled)   # (never to inf, from which halving is no way back)
     value = tf.where(finite, tf.where(grow, doubled, self.value),
-                     tf.maximum(self.value * 0.5, 1.0))
+                     tf.maximum(self.value * 0.5, self.floor))
     return tf.group(self.value.assign(value),
                     self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good)),
                     self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64)))

@@ -32,7 +32,8 @@ class DivergedError(UserError):
 
 
 class NonFiniteLossError(DivergedError):
-  """The loss (or the weights) became NaN or infinite; the last good checkpoint is left in place."""
+  """The loss (or the weights, or float16's gradients step after step) became NaN or infinite;
+  the last good checkpoint is left in place."""
 
 
 def check(config):
