@@ -100,6 +100,16 @@ def test_eval_windows_cover_every_token_once(batch, unroll):
   assert sorted(pairs) == [(i, i + 1) for i in range(49)]
 
 
+def test_a_shard_stream_over_empty_shards_is_an_error_not_a_hang(lm1b_dir):
+  corpus = OneBillionWord(str(lm1b_dir))
+  vocab = corpus.build_vocabulary()
+  for path in corpus.files("train"):
+    open(path, "w").close()
+  s = ShardStream(corpus, vocab, "train", batch_size=2, unroll=4)
+  with pytest.raises(UserError, match=r"no sentences in the train split's 3 file\(s\), .*news"):
+    next(s.windows(0))
+
+
 def test_shard_stream_reads_lm1b_layout(lm1b_dir):
   corpus = OneBillionWord(str(lm1b_dir))
   vocab = corpus.build_vocabulary()
@@ -112,3 +122,18 @@ def test_shard_stream_reads_lm1b_layout(lm1b_dir):
   assert windows[0]["reset"] and not resumed[0]["reset"]
   words = set(vocab.decode(np.concatenate([w["inputs"].ravel() for w in windows])))
   assert {"shard", "line", "</S>"} <= words
+
+
+def test_a_training_run_reports_the_streams_own_error(lm1b_dir):
+  """A UserError raised inside the training stream's generator (here: no sentences to train
+  on) reaches the user as itself; tf.data alone reports it as an UnknownError without its
+  message."""
+  from configs import lm1b_lstm_2048_512
+  from tfsys.train import train_and_evaluate
+  for path in OneBillionWord(str(lm1b_dir)).files("train"):
+    open(path, "w").close()
+  c = lm1b_lstm_2048_512.get_config("smoke")
+  c.data.corpus, c.data.dir = "lm1b", str(lm1b_dir)
+  c.train.num_steps = 2
+  with pytest.raises(UserError, match=r"no sentences in the train split's 3 file\(s\)"):
+    train_and_evaluate(c, str(lm1b_dir / "run"))

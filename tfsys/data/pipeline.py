@@ -36,6 +36,10 @@ class Stream:
   yields global [batch, unroll] windows from `start_step` on, forever (epoch after epoch)."""
   batch_size: int
   unroll: int
+  # A UserError the generator of dataset() raised (a corrupt corpus line, an empty split):
+  # tf.data reports it only as an UnknownError without its message, so the training loop
+  # raises this instead (Controller.train).
+  failure: UserError | None = None
 
   def windows(self, start_step: int) -> Iterator[dict]:
     raise NotImplementedError
@@ -64,10 +68,17 @@ class Stream:
               ) -> tf.data.Dataset:
     b = self.batch_size
     if input_context is None:
-      gen, spec = (lambda: self.windows(start_step)), self.element_spec(b)
+      windows, spec = (lambda: self.windows(start_step)), self.element_spec(b)
     else:
-      gen = lambda: self.replica_windows(start_step, input_context)  # noqa: E731
+      windows = lambda: self.replica_windows(start_step, input_context)  # noqa: E731
       spec = self.element_spec(b // input_context.num_replicas_in_sync)
+
+    def gen():
+      try:
+        yield from windows()
+      except UserError as e:
+        self.failure = e
+        raise
     # Infinite, as every stream is, said so: a generator's size is unknown to tf.data, and
     # MultiWorkerMirroredStrategy then guards each step's next() against a worker that ran out
     # (get_next_as_optional) with an all-reduce of every worker's has-data flag: a collective
@@ -151,9 +162,14 @@ class ShardStream(Stream):
       files = list(self.corpus.files(self.split))
       if self.shuffle:
         np.random.default_rng([self.seed, epoch]).shuffle(files)
+      found = False
       for path in files:
         for words in read_sentences(path, self.corpus.utf8_errors):
+          found = True
           yield np.append(self.vocab.encode(words), np.int32(self.vocab.eos_id))
+      if not found:   # (else the windows would wait for a sentence for ever)
+        raise UserError(f"no sentences in the {self.split} split's {len(files)} file(s), "
+                        f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}")
       epoch += 1
 
   def windows(self, start_step):

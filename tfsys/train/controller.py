@@ -124,6 +124,8 @@ class Controller:
         raise
       raise interrupts.stop_error(step) from None
     except tf.errors.OpError as e:
+      if r.stream.failure is not None:   # the data's own error, which tf.data does not quote
+        raise r.stream.failure from None
       lost = ex.lost(e)
       if lost is None:
         raise
