@@ -71,6 +71,8 @@ class _Run:
     self.checkpointer = types.SimpleNamespace(latest=None, close=lambda: None)
     self.model = types.SimpleNamespace(scalars=lambda sums, step: {})
     self.learning_rate = types.SimpleNamespace(after_eval=lambda ppl: False)
+    self.loss_scale = None   # float16's only
+    self.stream = types.SimpleNamespace(failure=None)   # a UserError its generator raised
     run = self
 
     class Task:
