@@ -2,6 +2,7 @@
 processes on 127.0.0.1: semantics (first N used, late ones dropped, never applied), a worker
 killed and restarted, the chief dying, the whole cluster relaunched, Ctrl-C, and bad cluster
 input."""
+import functools
 import json
 import os
 import signal
@@ -148,32 +149,32 @@ def _wait(condition, timeout, what, tasks=None):
 _CLUSTERS = []   # the _Tasks of the test body running now
 
 
-def _retried_after_ps_crash(body, tmp_path, attempts=3):
-  """Runs body(directory), and again in a fresh directory with a fresh cluster only if it
-  failed while one of its ps tasks had died of SIGSEGV.
+def _retried_after_ps_crash(test, attempts=3):
+  """The test, run again in a fresh directory with a fresh cluster only if it failed while one
+  of its ps tasks had died of SIGSEGV.
 
   TensorFlow's eager service on a ps task sometimes crashes as the clients start (a
   use-after-free in its op execution; README, sync_backup). Under the launcher the cluster is
   relaunched; these tests start the tasks themselves, so they start them again. Any other
   failure fails the test at once."""
-  for attempt in range(attempts):
-    _CLUSTERS.clear()
-    directory = tmp_path / f"attempt{attempt}"
-    directory.mkdir()
-    try:
-      return body(directory)
-    except Exception:
-      crashed = [name for tasks in _CLUSTERS for name in tasks.crashed_ps()]
-      if not crashed or attempt == attempts - 1:
-        raise
-      print(f"attempt {attempt}: {', '.join(crashed)} died of SIGSEGV; starting again")
+  @functools.wraps(test)
+  def retried(tmp_path):
+    for attempt in range(attempts):
+      _CLUSTERS.clear()
+      directory = tmp_path / f"attempt{attempt}"
+      directory.mkdir()
+      try:
+        return test(directory)
+      except Exception:
+        crashed = [name for tasks in _CLUSTERS for name in tasks.crashed_ps()]
+        if not crashed or attempt == attempts - 1:
+          raise
+        print(f"attempt {attempt}: {', '.join(crashed)} died of SIGSEGV; starting again")
+  return retried
 
 
+@_retried_after_ps_crash
 def test_chief_loss_and_relaunch(tmp_path):
-  _retried_after_ps_crash(_chief_loss_and_relaunch, tmp_path)
-
-
-def _chief_loss_and_relaunch(tmp_path):
   # N = 1 of 2 workers (b = 1): what the chief's loss does to a worker needs no third one.
   workdir = str(tmp_path / "run")
   settings = [*TRAIN, f"--workdir={workdir}", "--config.distribute.backend=sync_backup",
@@ -220,11 +221,8 @@ def _chief_loss_and_relaunch(tmp_path):
       tasks2.kill_all()
 
 
+@_retried_after_ps_crash
 def test_a_dead_ps_is_one_line_naming_it_in_every_task(tmp_path):
-  _retried_after_ps_crash(_a_dead_ps_is_one_line_naming_it_in_every_task, tmp_path)
-
-
-def _a_dead_ps_is_one_line_naming_it_in_every_task(tmp_path):
   """ps1 of two is SIGKILLed mid-run: the chief and the worker each exit with status 3 (a lost task)
   and one line naming ps1 and its address, without a traceback, within ps_timeout_secs."""
   workdir = str(tmp_path / "run")
@@ -255,11 +253,8 @@ def _a_dead_ps_is_one_line_naming_it_in_every_task(tmp_path):
     tasks.kill_all()
 
 
+@_retried_after_ps_crash
 def test_without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves(tmp_path):
-  _retried_after_ps_crash(_without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves, tmp_path)
-
-
-def _without_backups_the_chief_waits_and_says_for_whom_and_ctrl_c_saves(tmp_path):
   workdir = str(tmp_path / "run")
   spec = cluster_spec(num_workers=2, num_ps=1)
   command = [*TRAIN, f"--workdir={workdir}", "--config.distribute.backend=sync_backup",
